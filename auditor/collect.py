@@ -1,0 +1,247 @@
+"""Build the Inventory from the adapters: hosts in parallel, skips recorded, never dropped."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from auditor.errors import AuditorError, ConnectError
+from auditor.interfaces import HostSource, ImageReader, LocalFs
+from auditor.models import Disk, Domain, DomainDisk, HostInventory, ImageInfo, Inventory, Skip
+
+FS_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The local-machine adapters: qemu-img and the filesystem."""
+
+    images: ImageReader
+    fs: LocalFs
+
+
+def is_local(uri: str) -> bool:
+    """Whether paths in this connection are paths on this machine (so stat/qemu-img apply)."""
+    parts = urlsplit(uri)
+    return parts.scheme.split("+")[0] != "test" and parts.hostname in (None, "", "localhost")
+
+
+def collect(
+    uris: list[str | None],
+    connect: Callable[[str | None], HostSource],
+    probes: Probes,
+    *,
+    refresh: bool = True,
+) -> Inventory:
+    """Collect every host; an unreachable one is a skip unless every host is unreachable."""
+
+    def one(uri: str | None) -> HostInventory | Skip:
+        try:
+            source = connect(uri)
+        except ConnectError as exc:
+            if len(uris) == 1:
+                raise
+            return Skip(uri or "default", "host", uri or "default", str(exc))
+        try:
+            return collect_host(source, probes, refresh=refresh)
+        finally:
+            source.close()
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(uris)))) as ex:
+        results = list(ex.map(one, uris))
+    hosts = tuple(r for r in results if isinstance(r, HostInventory))
+    skips = tuple(r for r in results if isinstance(r, Skip))
+    if not hosts:
+        raise ConnectError(
+            "no libvirt host could be reached: " + "; ".join(s.reason for s in skips),
+            "check the URIs and that libvirtd runs there",
+        )
+    return Inventory(hosts=hosts, skips=skips)
+
+
+def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostInventory:
+    """Pools, volumes, domains and unmanaged disks of one connection."""
+    started = datetime.now(UTC)
+    notices: list[str] = []
+    if source.read_only:
+        notices.append(
+            f"{source.uri}: read-only connection, pools were not refreshed: "
+            "their figures are as of libvirt's last refresh and may be stale"
+        )
+    elif not refresh:
+        notices.append(f"{source.uri}: --no-refresh: pool figures are as of the last refresh")
+    local = is_local(source.uri)
+    pools, skips = source.read_pools(refresh=refresh and not source.read_only)
+    if local:
+        pools = [
+            replace(p, fs=probes.fs.filesystem(p.target_path))
+            if p.active and p.type in FS_POOL_TYPES
+            else p
+            for p in pools
+        ]
+    managed, vol_skips = source.read_volumes(pools)
+    domains, dom_skips = source.read_domains()
+    skips += vol_skips + dom_skips
+    resolver = _Resolver(managed, probes.fs if local else None)
+    domains = [resolver.domain(d) for d in domains]
+    managed = [resolver.backing(d) for d in managed]
+    unmanaged, img_skips = _unmanaged(source.host, managed, domains, resolver, probes, local)
+    return HostInventory(
+        host=source.host,
+        uri=source.uri,
+        collected_at=started,
+        pools=tuple(pools),
+        disks=tuple(managed + unmanaged),
+        domains=tuple(domains),
+        skips=tuple(skips + img_skips),
+        notices=tuple(notices),
+    )
+
+
+class _Resolver:
+    """Maps the paths domains and backing references use onto one canonical path per image."""
+
+    def __init__(self, managed: list[Disk], fs: LocalFs | None) -> None:
+        self._fs = fs
+        self.by_path = {self.key(d.path): d for d in managed}
+        self.by_volume: dict[tuple[str | None, str | None], Disk] = {
+            (d.pool, d.name): d for d in managed
+        }
+
+    def key(self, path: str) -> str:
+        return self._fs.realpath(path) if self._fs is not None and path.startswith("/") else path
+
+    def canonical(self, path: str) -> str:
+        disk = self.by_path.get(self.key(path))
+        return disk.path if disk is not None else self.key(path)
+
+    def disk(self, d: DomainDisk) -> DomainDisk:
+        if d.type == "volume":
+            vol = self.by_volume.get((d.pool, d.volume))
+            path = vol.path if vol is not None else None
+        else:
+            path = self.canonical(d.path) if d.path else None
+        return replace(
+            d, path=path, backing_chain=tuple(self.canonical(p) for p in d.backing_chain)
+        )
+
+    def domain(self, dom: Domain) -> Domain:
+        return replace(dom, disks=tuple(self.disk(d) for d in dom.disks))
+
+    def backing(self, disk: Disk) -> Disk:
+        if disk.backing_file is None:
+            return disk
+        return replace(disk, backing_file=self.canonical(disk.backing_file))
+
+
+def _unmanaged(
+    host: str,
+    managed: list[Disk],
+    domains: list[Domain],
+    resolver: _Resolver,
+    probes: Probes,
+    local: bool,
+) -> tuple[list[Disk], list[Skip]]:
+    """Disks that domains use (and their backing files) that no active pool holds."""
+    known = {d.path for d in managed}
+    wanted: dict[str, DomainDisk | None] = {}  # path -> the domain disk naming it, if any
+    for dom in domains:
+        for dd in dom.disks:
+            if dd.path and dd.path not in known:
+                wanted.setdefault(dd.path, dd)
+            for p in dd.backing_chain:
+                if p not in known:
+                    wanted.setdefault(p, None)
+    for d in managed:
+        if d.backing_file and d.backing_file not in known:
+            wanted.setdefault(d.backing_file, None)
+    if not local:
+        return [_from_stats(host, path, dd) for path, dd in wanted.items()], []
+
+    disks: list[Disk] = []
+    skips: list[Skip] = []
+    formats: dict[str, str | None] = {p: (dd.format if dd else None) for p, dd in wanted.items()}
+    todo = [p for p, dd in wanted.items() if not (dd and dd.type == "network")]
+    disks += [_from_stats(host, p, dd) for p, dd in wanted.items() if dd and dd.type == "network"]
+    seen = set(todo)
+    while todo:
+        batch, todo = todo, []
+        for path, res in probes.images(_pairs(batch, formats)):
+            if isinstance(res, AuditorError):
+                skips.append(Skip(host, "image", path, str(res)))
+                named = wanted.get(path)
+                if named is not None and named.virtual_size is not None:
+                    disks.append(_from_stats(host, path, named))
+                continue
+            disks.append(_from_image(host, path, res, probes.fs))
+            base = res.backing_file and resolver.canonical(res.backing_file)
+            if base and base not in known and base not in seen:
+                seen.add(base)
+                formats[base] = res.backing_format
+                todo.append(base)
+    return disks, skips
+
+
+def _pairs(paths: Iterable[str], formats: dict[str, str | None]) -> list[tuple[str, str | None]]:
+    return [(p, formats.get(p)) for p in paths]
+
+
+def _from_image(host: str, path: str, info: ImageInfo, fs: LocalFs) -> Disk:
+    block = fs.is_block_device(path)
+    notes = []
+    if info.dirty:
+        notes.append("dirty: needs repair on next open")
+    if info.corrupt:
+        notes.append("marked corrupt")
+    return Disk(
+        host=host,
+        path=path,
+        name=os.path.basename(path),
+        pool=None,
+        backend="unmanaged",
+        kind="block" if block else "file",
+        format=info.format,
+        virtual_size=info.virtual_size,
+        # qemu-img reports 0 for block devices: the device holds its whole size.
+        disk_size=info.virtual_size if block and info.format == "raw" else info.actual_size,
+        backing_file=info.backing_file,
+        backing_format=info.backing_format,
+        cluster_size=info.cluster_size,
+        fs=None if block else fs.filesystem(path),
+        notes=tuple(notes),
+    )
+
+
+def _from_stats(host: str, path: str, dd: DomainDisk | None) -> Disk:
+    """An unmanaged disk on a remote host: sizes from libvirt's bulk domain stats."""
+    return Disk(
+        host=host,
+        path=path,
+        name=os.path.basename(path),
+        pool=None,
+        backend="unmanaged",
+        kind=dd.type if dd and dd.type in ("block", "network") else "file",
+        format=dd.format if dd else None,
+        virtual_size=dd.virtual_size if dd else None,
+        disk_size=dd.disk_size if dd else None,
+    )
+
+
+def collect_files(paths: list[str], probes: Probes, host: str) -> Inventory:
+    """Image files and folders (recursively) through qemu-img only, no libvirt."""
+    started = datetime.now(UTC)
+    files, errors = probes.fs.list_files(paths)
+    skips = [Skip(host, "file", p, reason) for p, reason in errors]
+    disks: list[Disk] = []
+    for path, res in probes.images((p, None) for p in files):
+        if isinstance(res, AuditorError):
+            skips.append(Skip(host, "image", path, str(res)))
+        else:
+            disks.append(_from_image(host, path, res, probes.fs))
+    inv = HostInventory(host=host, uri="", collected_at=started, disks=tuple(disks),
+                        skips=tuple(skips))  # fmt: skip
+    return Inventory(hosts=(inv,))

@@ -1,0 +1,212 @@
+"""The project's own value types, built by the collectors at the boundary.
+
+Sizes are integer bytes; ``None`` means "not known" (an inactive pool, a size the backend
+cannot report), never zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Provisioning(StrEnum):
+    """How much of its virtual size a disk already holds on the host."""
+
+    PREALLOCATED = "preallocated"
+    THIN = "thin"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class FsInfo:
+    """A local filesystem, as ``os.statvfs`` and ``os.stat`` see it."""
+
+    device: int  # st_dev: pools with the same device share their capacity
+    mount_point: str
+    capacity: int  # f_blocks * f_frsize
+    free: int  # f_bfree * f_frsize (includes blocks reserved for root)
+    usable: int  # f_bavail * f_frsize (what QEMU, not running as root, can use)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A libvirt storage pool. Figures are ``None`` when the pool is inactive."""
+
+    host: str
+    name: str
+    uuid: str
+    type: str
+    state: str  # running, inactive, building, degraded, inaccessible
+    persistent: bool
+    autostart: bool
+    target_path: str
+    capacity: int | None
+    allocation: int | None
+    available: int | None  # libvirt's; for dir/fs pools it includes root-reserved blocks
+    fs: FsInfo | None = None  # set for pools on a local filesystem
+
+    @property
+    def active(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def usable(self) -> int | None:
+        """Usable free space: statvfs ``f_bavail`` where known, else libvirt's ``available``."""
+        return self.fs.usable if self.fs is not None else self.available
+
+
+@dataclass(frozen=True)
+class Disk:
+    """One image: a managed volume, an unmanaged domain disk, or a scanned file."""
+
+    host: str
+    path: str
+    name: str  # the volume name, or the file name of an unmanaged image
+    pool: str | None  # None: unmanaged
+    backend: str  # the pool type (dir, fs, logical, iscsi, ...) or "unmanaged"
+    kind: str  # file, block, network
+    format: str | None
+    virtual_size: int | None
+    disk_size: int | None
+    physical: int | None = None  # st_size of a file; None when not known
+    backing_file: str | None = None
+    backing_format: str | None = None
+    cluster_size: int | None = None
+    fs: FsInfo | None = None  # the local filesystem holding an unmanaged file
+    notes: tuple[str, ...] = ()
+
+    @property
+    def managed(self) -> bool:
+        return self.pool is not None
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    """A disk as a domain's XML names it, with the sizes libvirt reports for it."""
+
+    target: str  # vda, sdb, ...
+    device: str  # disk, cdrom, floppy, lun
+    type: str  # file, block, volume, network
+    path: str | None  # resolved source path (None for an empty drive or unresolved volume)
+    pool: str | None = None  # <source pool=...> of a type='volume' disk
+    volume: str | None = None
+    format: str | None = None  # <driver type=...>
+    readonly: bool = False
+    backing_chain: tuple[str, ...] = ()  # backing paths from the live XML, top first
+    virtual_size: int | None = None  # from bulk domain stats
+    disk_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Domain:
+    host: str
+    name: str
+    uuid: str
+    state: str  # running, paused, shut off, ...
+    persistent: bool
+    disks: tuple[DomainDisk, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.state not in ("shut off", "crashed", "no state")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """``qemu-img info --output=json`` of one image."""
+
+    filename: str
+    format: str
+    virtual_size: int
+    actual_size: int | None
+    cluster_size: int | None = None
+    backing_file: str | None = None
+    backing_format: str | None = None
+    dirty: bool = False
+    corrupt: bool = False
+    encrypted: bool = False
+    snapshots: int = 0
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An item that could not be read or an action not taken: data that reaches the report."""
+
+    host: str
+    kind: str  # host, pool, volume, domain, disk, image
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostInventory:
+    """Everything collected from one libvirt connection."""
+
+    host: str
+    uri: str
+    collected_at: datetime
+    pools: tuple[Pool, ...] = ()
+    disks: tuple[Disk, ...] = ()
+    domains: tuple[Domain, ...] = ()
+    skips: tuple[Skip, ...] = ()
+    notices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    hosts: tuple[HostInventory, ...] = ()
+    skips: tuple[Skip, ...] = ()  # failures outside any host (an unreachable URI)
+
+    @property
+    def all_skips(self) -> tuple[Skip, ...]:
+        return self.skips + tuple(s for h in self.hosts for s in h.skips)
+
+
+@dataclass(frozen=True)
+class DiskReport:
+    """A disk with what the analyzer concluded about it."""
+
+    disk: Disk
+    provisioning: Provisioning
+    growth: int | None  # bytes the disk can still take on the host
+    used_by: tuple[str, ...] = ()  # domains referencing it (directly or as a backing file)
+    reason: str = ""  # why provisioning is unknown, or other notes
+    backing_only: bool = False  # only ever opened read-only as a backing image
+
+
+@dataclass(frozen=True)
+class PoolSummary:
+    """Figures of a pool, of pools sharing a filesystem, or of unmanaged disks on one."""
+
+    host: str
+    pool: str
+    type: str  # the pool type, "shared-fs" or "unmanaged"
+    state: str
+    capacity: int | None
+    allocation: int | None
+    available: int | None
+    volumes: int | None  # counts and sums are None for an inactive pool: it cannot list them
+    thin: int | None
+    preallocated: int | None
+    unknown: int | None
+    provisioned: int | None
+    used: int | None
+    overcommit_ratio: float | None
+    exposure: int | None
+    filesystem: str | None = None  # mount point of a local filesystem
+    members: tuple[str, ...] = ()  # the pools of a shared-fs group
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The analyzed inventory: what every renderer and rule works from."""
+
+    collected_at: datetime
+    hosts: tuple[str, ...]
+    disks: tuple[DiskReport, ...]
+    pools: tuple[PoolSummary, ...]
+    skips: tuple[Skip, ...] = ()
+    notices: tuple[str, ...] = ()
+    domains: tuple[Domain, ...] = field(default=(), repr=False)

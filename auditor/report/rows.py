@@ -1,0 +1,62 @@
+"""Flatten the Summary into rows with stable column names, shared by every output format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditor.models import DiskReport, PoolSummary, Skip, Summary
+
+VOLUME_COLUMNS = [
+    "host", "pool", "volume", "path", "format", "provisioning", "virtual_size", "disk_size",
+    "growth", "managed", "used_by", "backing_file", "kind", "note",
+]  # fmt: skip
+POOL_COLUMNS = [
+    "host", "pool", "type", "state", "capacity", "allocation", "available", "volumes", "thin",
+    "preallocated", "unknown", "provisioned", "used", "overcommit_ratio", "exposure",
+    "filesystem",
+]  # fmt: skip
+SKIP_COLUMNS = ["host", "kind", "name", "reason"]
+SIZE_COLUMNS = frozenset(
+    {"virtual_size", "disk_size", "growth", "capacity", "allocation", "available",
+     "provisioned", "used", "exposure"}
+)  # fmt: skip
+COUNT_COLUMNS = frozenset({"volumes", "thin", "preallocated", "unknown"})
+
+
+def volume_row(r: DiskReport) -> dict[str, Any]:
+    d = r.disk
+    return {
+        "host": d.host,
+        "pool": d.pool or "",
+        "volume": d.name,
+        "path": d.path,
+        "format": d.format or "",
+        "provisioning": r.provisioning.value,
+        "virtual_size": d.virtual_size,
+        "disk_size": d.disk_size,
+        "growth": r.growth,
+        "managed": d.managed,
+        "used_by": list(r.used_by),
+        "backing_file": d.backing_file or "",
+        "kind": d.kind,
+        "note": r.reason,
+    }
+
+
+def pool_row(p: PoolSummary) -> dict[str, Any]:
+    return {c: getattr(p, c) for c in POOL_COLUMNS if c != "filesystem"} | {
+        "filesystem": p.filesystem or ""
+    }
+
+
+def skip_row(s: Skip) -> dict[str, Any]:
+    return {"host": s.host, "kind": s.kind, "name": s.name, "reason": s.reason}
+
+
+def volume_rows(summary: Summary, pool: str | None = None) -> list[dict[str, Any]]:
+    rows = [volume_row(r) for r in summary.disks if pool is None or r.disk.pool == pool]
+    return sorted(rows, key=lambda r: (r["host"], r["pool"] == "", r["pool"], r["volume"]))
+
+
+def pool_rows(summary: Summary) -> list[dict[str, Any]]:
+    return [pool_row(p) for p in summary.pools]
