@@ -65,6 +65,13 @@ def refresh_option(f: F) -> F:
     )(f)  # fmt: skip
 
 
+def config_option(f: F) -> F:
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+        help="TOML policy file: [thresholds] and per-pool [pools.\"NAME\"] tables.",
+    )(f)  # fmt: skip
+
+
 def emit(
     key: str, rows: list[dict[str, Any]], columns: list[str], fmt: str, summary: Summary
 ) -> int:
