@@ -69,8 +69,8 @@ def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostIn
     notices: list[str] = []
     if source.read_only:
         notices.append(
-            f"{source.uri}: read-only connection, pools were not refreshed: "
-            "their figures are as of libvirt's last refresh and may be stale"
+            f"{source.uri}: read-only connection ({source.read_only_reason}): pools were not "
+            "refreshed, their figures are as of libvirt's last refresh and may be stale"
         )
     elif not refresh:
         notices.append(f"{source.uri}: --no-refresh: pool figures are as of the last refresh")

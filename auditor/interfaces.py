@@ -15,6 +15,7 @@ class HostSource(Protocol):
     host: str
     uri: str
     read_only: bool
+    read_only_reason: str
 
     @property
     def is_test_driver(self) -> bool: ...

@@ -44,12 +44,6 @@ DOMAIN_STATES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
-_DENIED = {
-    libvirt.VIR_ERR_AUTH_FAILED,
-    libvirt.VIR_ERR_AUTH_CANCELLED,
-    libvirt.VIR_ERR_OPERATION_DENIED,
-    libvirt.VIR_ERR_ACCESS_DENIED,
-}
 _VANISHED = {
     libvirt.VIR_ERR_NO_STORAGE_POOL,
     libvirt.VIR_ERR_NO_STORAGE_VOL,
@@ -83,33 +77,37 @@ def _text(node: ET.Element | None) -> str | None:
 class LibvirtHost:
     """One libvirt connection: inventory reads and managed operations."""
 
-    def __init__(self, conn: libvirt.virConnect, read_only: bool) -> None:
+    def __init__(self, conn: libvirt.virConnect, read_only: bool, why: str = "") -> None:
         self._conn = conn
         self.read_only = read_only
+        self.read_only_reason = why
         self.uri: str = conn.getURI()
         self.host: str = conn.getHostname()
 
     @classmethod
-    def connect(cls, uri: str | None, *, read_only: bool = False) -> LibvirtHost:
-        """Open ``uri`` read-write; where access is denied, fall back to read-only."""
+    def connect(
+        cls, uri: str | None, *, write: bool = False, read_only: bool = False
+    ) -> LibvirtHost:
+        """Open ``uri`` read-write. Unless ``write`` is required, fall back to a read-only
+        connection when read-write fails (no access to the read-write socket, polkit);
+        ``read_only`` asks for a read-only connection straight away."""
         name = uri or "the default libvirt URI"
-        if not read_only:
+        if read_only:
             try:
-                return cls(libvirt.open(uri), read_only=False)
+                return cls(libvirt.openReadOnly(uri), read_only=True, why="--read-only")
             except libvirt.libvirtError as exc:
-                denied = exc.get_error_code() in _DENIED or "ermission denied" in _msg(exc)
-                if not denied:
-                    raise ConnectError(
-                        f"cannot connect to {name}: {_msg(exc)}",
-                        "check the URI and that libvirtd runs there",
-                    ) from exc
+                raise ConnectError(f"cannot connect to {name}: {_msg(exc)}") from exc
         try:
-            return cls(libvirt.openReadOnly(uri), read_only=True)
+            return cls(libvirt.open(uri), read_only=False)
         except libvirt.libvirtError as exc:
-            raise ConnectError(
-                f"cannot connect to {name}: {_msg(exc)}",
-                "check the URI, that libvirtd runs there, and your access rights",
-            ) from exc
+            rw_error = exc
+        hint = "check the URI, that libvirtd runs there, and your access rights"
+        if write:
+            raise ConnectError(f"cannot connect to {name} read-write: {_msg(rw_error)}", hint)
+        try:
+            return cls(libvirt.openReadOnly(uri), read_only=True, why=_msg(rw_error))
+        except libvirt.libvirtError:
+            raise ConnectError(f"cannot connect to {name}: {_msg(rw_error)}", hint) from rw_error
 
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):

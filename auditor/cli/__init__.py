@@ -17,17 +17,21 @@ from auditor.errors import EXIT_ERROR, AuditorError
     "--connect", "-c", "uris", multiple=True, metavar="URI",
     help="libvirt URI; repeat for several hosts. Default: libvirt's default URI.",
 )  # fmt: skip
+@click.option(
+    "--read-only", is_flag=True,
+    help="Connect read-only: change nothing, not even a pool refresh (figures may be stale).",
+)  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.version_option(package_name="auditor")
 @click.pass_context
-def cli(ctx: click.Context, uris: tuple[str, ...], debug: bool) -> None:
+def cli(ctx: click.Context, uris: tuple[str, ...], read_only: bool, debug: bool) -> None:
     """Audit libvirt/KVM virtual disks: thin vs preallocated, per-pool overcommit.
 
     Exit codes: 0 success; 1 the run completed but some items could not be read
     (listed on stderr and in the output); 2 usage, configuration, connection error or a
     refused operation.
     """
-    ctx.obj = App(uris=list(uris) or [None], debug=debug)
+    ctx.obj = App(uris=list(uris) or [None], debug=debug, read_only=read_only)
 
 
 def _register() -> None:

@@ -28,9 +28,11 @@ class App:
 
     uris: list[str | None]
     debug: bool = False
+    read_only: bool = False
 
     def connect(self, uri: str | None) -> LibvirtHost:
-        return LibvirtHost.connect(uri)
+        """A connection for reading: read-write if allowed (to refresh pools), else read-only."""
+        return LibvirtHost.connect(uri, read_only=self.read_only)
 
     @property
     def probes(self) -> Probes:
