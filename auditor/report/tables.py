@@ -32,6 +32,6 @@ def frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
 def to_csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     df = frame(rows, columns)
     for c in df.columns:
-        if df[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(df[c]):  # object or pandas' str dtype
             df[c] = df[c].map(lambda v: neutralise(v) if isinstance(v, str) else v)
     return str(df.to_csv(index=False, na_rep="", lineterminator="\n"))
