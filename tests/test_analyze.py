@@ -15,8 +15,14 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def disk(name: str, fmt: str, v: int | None, a: int | None, **kw: object) -> Disk:
-    defaults: dict[str, object] = {"host": "h", "path": f"/p/{name}", "name": name, "pool": "p",
-                                   "backend": "dir", "kind": "file"}  # fmt: skip
+    defaults: dict[str, object] = {
+        "host": "h",
+        "path": f"/p/{name}",
+        "name": name,
+        "pool": "p",
+        "backend": "dir",
+        "kind": "file",
+    }
     defaults.update(kw)
     return Disk(format=fmt, virtual_size=v, disk_size=a, **defaults)  # type: ignore[arg-type]
 
@@ -58,19 +64,33 @@ def _fs(dev: int = 7) -> FsInfo:
 
 def _pool(name: str, fs: FsInfo | None, state: str = "running") -> Pool:
     active = state == "running"
-    return Pool(host="h", name=name, uuid=name, type="dir", state=state, persistent=True,
-                autostart=True, target_path=f"/srv/{name}",
-                capacity=10 * GiB if active else None, allocation=4 * GiB if active else None,
-                available=6 * GiB if active else None, fs=fs)  # fmt: skip
+    return Pool(
+        host="h",
+        name=name,
+        uuid=name,
+        type="dir",
+        state=state,
+        persistent=True,
+        autostart=True,
+        target_path=f"/srv/{name}",
+        capacity=10 * GiB if active else None,
+        allocation=4 * GiB if active else None,
+        available=6 * GiB if active else None,
+        fs=fs,
+    )
 
 
 def test_pool_figures_shared_filesystem_and_inactive_pool() -> None:
     a = disk("a", "raw", 8 * GiB, 0, pool="a", path="/srv/a/a")
     b = disk("b", "raw", 6 * GiB, 6 * GiB, pool="b", path="/srv/b/b")
     c = disk("c", "qcow2", 20 * GiB, GiB, pool="b", path="/srv/b/c")
-    host = HostInventory(host="h", uri="qemu:///system", collected_at=NOW,
-                         pools=(_pool("a", _fs()), _pool("b", _fs()), _pool("off", None, "inactive")),
-                         disks=(a, b, c))  # fmt: skip
+    host = HostInventory(
+        host="h",
+        uri="qemu:///system",
+        collected_at=NOW,
+        pools=(_pool("a", _fs()), _pool("b", _fs()), _pool("off", None, "inactive")),
+        disks=(a, b, c),
+    )
     s = analyze(Inventory(hosts=(host,)))
     rows = {p.pool: p for p in s.pools}
     assert rows["a"].provisioned == 8 * GiB and rows["a"].used == 0
@@ -90,10 +110,22 @@ def test_used_by_follows_backing_files_and_backing_only_images_do_not_count() ->
     base = disk("base", "qcow2", 10 * GiB, GiB)
     top = disk("top", "qcow2", 10 * GiB, 200704, backing_file="/p/base")
     other = disk("free", "raw", GiB, 0)
-    dom = Domain(host="h", name="vm1", uuid="u", state="shut off", persistent=True,
-                 disks=(DomainDisk(target="vda", device="disk", type="file", path="/p/top"),))  # fmt: skip
-    host = HostInventory(host="h", uri="x", collected_at=NOW, pools=(_pool("p", None),),
-                         disks=(base, top, other), domains=(dom,))  # fmt: skip
+    dom = Domain(
+        host="h",
+        name="vm1",
+        uuid="u",
+        state="shut off",
+        persistent=True,
+        disks=(DomainDisk(target="vda", device="disk", type="file", path="/p/top"),),
+    )
+    host = HostInventory(
+        host="h",
+        uri="x",
+        collected_at=NOW,
+        pools=(_pool("p", None),),
+        disks=(base, top, other),
+        domains=(dom,),
+    )
     s = analyze(Inventory(hosts=(host,)))
     by = {r.disk.name: r for r in s.disks}
     assert by["top"].used_by == ("vm1",) and by["base"].used_by == ("vm1",)

@@ -19,8 +19,12 @@ MiB = 1 << 20
 
 
 def qemu_info(path: str) -> dict[str, Any]:
-    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out)
 
 
@@ -121,8 +125,12 @@ def test_inactive_pool_has_empty_figures(bed: Bed, pools: dict[Any, dict[str, An
 
 
 def test_unmanaged_groups_by_filesystem(bed: Bed, pools: dict[Any, dict[str, Any]]) -> None:
-    mount = subprocess.run(["findmnt", "-n", "-o", "TARGET", "-T", bed.unmanaged_file.path],
-                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    mount = subprocess.run(
+        ["findmnt", "-n", "-o", "TARGET", "-T", bed.unmanaged_file.path],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     row = pools[("(unmanaged)", mount)]
     assert row["type"] == "unmanaged" and row["volumes"] >= 1
     vfs = os.statvfs(mount)
@@ -147,8 +155,9 @@ def test_vanished_volume_is_skipped_not_fatal(
         subprocess.run(["truncate", "-s", "8M", f"{scratch_pool.path}/{name}"], check=True)
     libvirt_conn.storagePoolLookupByName(scratch_pool.name).refresh(0)
     os.unlink(f"{scratch_pool.path}/gone.raw")
-    ran = auditor("-c", bed.uri, "volumes", "--no-refresh", "--pool", scratch_pool.name,
-                  "--format", "json")  # fmt: skip
+    ran = auditor(
+        "-c", bed.uri, "volumes", "--no-refresh", "--pool", scratch_pool.name, "--format", "json"
+    )
     assert ran.code == 1
     doc = ran.json()
     assert [r["volume"] for r in doc["volumes"]] == ["keep.raw"]
@@ -180,8 +189,9 @@ def test_read_only_connection_says_figures_may_be_stale(bed: Bed) -> None:
 
 def test_scan_reads_images_through_qemu_img(bed: Bed) -> None:
     good = [bed.images[k] for k in ("qcow2_off", "qcow2_falloc", "raw_partial", "overlay")]
-    ran = auditor("scan", *(s.path for s in good), bed.corrupt_image, bed.truncated_image,
-                  "--format", "json")  # fmt: skip
+    ran = auditor(
+        "scan", *(s.path for s in good), bed.corrupt_image, bed.truncated_image, "--format", "json"
+    )
     assert ran.code == 1
     doc = ran.json()
     rows = {r["path"]: r for r in doc["volumes"]}

@@ -12,8 +12,10 @@ from auditor.errors import ConfigError
 
 def test_defaults_and_overrides(tmp_path: Path) -> None:
     f = tmp_path / "policy.toml"
-    f.write_text('[thresholds]\noverstate = 1\n'.replace("overstate", "overcommit_warn")
-                 + '[pools."fast ssd"]\novercommit_crit = 3\n')  # fmt: skip
+    f.write_text(
+        "[thresholds]\noverstate = 1\n".replace("overstate", "overcommit_warn")
+        + '[pools."fast ssd"]\novercommit_crit = 3\n'
+    )
     cfg = load(str(f))
     assert cfg.thresholds.overcommit_warn == 1.0 and cfg.thresholds.used_crit == 90.0
     assert cfg.for_pool("fast ssd").overcommit_crit == 3.0

@@ -28,9 +28,13 @@ def test_neutralise_formula_cells() -> None:
 
 def test_csv_keeps_numbers_numeric_and_text_safe() -> None:
     row = {c: "" for c in VOLUME_COLUMNS} | {
-        "volume": "=HYPERLINK(1)", "virtual_size": 1 << 30, "disk_size": None, "growth": 5,
-        "managed": True, "used_by": ["vm1", "vm2"],
-    }  # fmt: skip
+        "volume": "=HYPERLINK(1)",
+        "virtual_size": 1 << 30,
+        "disk_size": None,
+        "growth": 5,
+        "managed": True,
+        "used_by": ["vm1", "vm2"],
+    }
     text = to_csv([row], VOLUME_COLUMNS)
     df = pd.read_csv(io.StringIO(text))
     assert df.loc[0, "volume"] == "'=HYPERLINK(1)"
