@@ -25,6 +25,7 @@ from auditor.models import (
 MiB = 1 << 20
 QCOW2_CLUSTER = 64 * 1024
 OPAQUE_BACKENDS = frozenset({"iscsi", "iscsi-direct", "scsi", "mpath"})
+MAX_VIRTUAL = 1 << 62  # beyond any real disk: a corrupt header (libvirt reads it unchecked)
 
 
 def full_size(fmt: str | None, virtual: int, cluster: int | None = None) -> int:
@@ -48,6 +49,8 @@ def classify(disk: Disk) -> tuple[Provisioning, int | None, str]:
         return Provisioning.UNKNOWN, None, f"{disk.backend} LUNs hide the array's provisioning"
     if disk.virtual_size is None or disk.disk_size is None:
         return Provisioning.UNKNOWN, None, "sizes not reported"
+    if disk.virtual_size > MAX_VIRTUAL:
+        return Provisioning.UNKNOWN, None, "implausible virtual size: corrupt image header?"
     growth = max(0, full_size(disk.format, disk.virtual_size, disk.cluster_size) - disk.disk_size)
     if growth <= slack(disk.virtual_size):
         return Provisioning.PREALLOCATED, growth, ""
@@ -106,6 +109,10 @@ def report_disks(inventory: Inventory) -> list[DiskReport]:
     return out
 
 
+def _plausible(virtual: int | None) -> int:
+    return virtual if virtual is not None and virtual <= MAX_VIRTUAL else 0
+
+
 @dataclass(frozen=True)
 class Figures:
     """Counts and sums over a set of disks."""
@@ -120,13 +127,14 @@ class Figures:
 
     @classmethod
     def of(cls, rows: list[DiskReport]) -> Figures:
-        """exposure = Σ growth, leaving out read-only backing images (they cannot grow)."""
+        """provisioned = Σ virtual size (implausible sizes left out); exposure = Σ growth,
+        leaving out read-only backing images (they cannot grow)."""
         return cls(
             volumes=len(rows),
             thin=sum(r.provisioning is Provisioning.THIN for r in rows),
             preallocated=sum(r.provisioning is Provisioning.PREALLOCATED for r in rows),
             unknown=sum(r.provisioning is Provisioning.UNKNOWN for r in rows),
-            provisioned=sum(r.disk.virtual_size or 0 for r in rows),
+            provisioned=sum(_plausible(r.disk.virtual_size) for r in rows),
             used=sum(r.disk.disk_size or 0 for r in rows),
             exposure=sum(r.growth or 0 for r in rows if not r.backing_only),
         )

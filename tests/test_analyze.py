@@ -145,3 +145,18 @@ def test_unmanaged_disks_grouped_by_filesystem() -> None:
         ("/srv", 2, 10 * GiB),
         (None, 1, None),
     ]
+
+
+def test_implausible_virtual_size_is_unknown_and_not_provisioned() -> None:
+    bogus = disk("bogus", "qcow2", (1 << 64) - 1, 200704)
+    prov, growth, reason = classify(bogus)
+    assert (prov.value, growth) == ("unknown", None) and "corrupt" in reason
+    host = HostInventory(
+        host="h",
+        uri="x",
+        collected_at=NOW,
+        pools=(_pool("p", None),),
+        disks=(bogus, disk("ok", "raw", GiB, 0)),
+    )
+    pool = next(p for p in analyze(Inventory(hosts=(host,))).pools if p.pool == "p")
+    assert pool.provisioned == GiB and pool.unknown == 1
