@@ -1,0 +1,55 @@
+"""The project's own rules, checked on the source: who may import what, and no shell."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "auditor"
+SERVICES = {"collect", "analyze", "config", "ops", "history", "planning", "thresholds", "sizes"}
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def modules() -> dict[str, set[str]]:
+    return {str(p.relative_to(PKG)): imports(p) for p in PKG.rglob("*.py")}
+
+
+def test_only_the_libvirt_adapter_imports_libvirt() -> None:
+    users = {m for m, names in modules().items() if "libvirt" in names}
+    assert users == {"adapters/libvirt.py"}
+
+
+def test_only_the_runner_imports_subprocess() -> None:
+    users = {m for m, names in modules().items() if "subprocess" in names}
+    assert users == {"adapters/run.py"}
+
+
+def test_services_do_not_import_adapters_or_the_cli() -> None:
+    for mod, names in modules().items():
+        if Path(mod).stem in SERVICES and "/" not in mod:
+            bad = {n for n in names if n.startswith(("auditor.adapters", "auditor.cli", "click"))}
+            assert not bad, f"{mod} imports {bad}"
+
+
+def test_report_depends_only_on_models() -> None:
+    for mod, names in modules().items():
+        if mod.startswith("report/"):
+            ours = {n for n in names if n.startswith("auditor.")}
+            allowed = {"auditor.models", "auditor.errors", "auditor.config", "auditor.thresholds"}
+            assert all(n in allowed or n.startswith("auditor.report") for n in ours), (mod, ours)
+
+
+def test_never_shell_true() -> None:
+    for path in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "shell":
+                assert not (isinstance(node.value, ast.Constant) and node.value.value), path
