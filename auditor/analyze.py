@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from auditor.models import (
@@ -193,10 +193,13 @@ def summarize_pools(host: HostInventory, reports: list[DiskReport]) -> list[Pool
         if r.disk.pool is not None:
             by_pool[r.disk.pool].append(r)
     out = [
-        _summary(
-            host.host, p.name, p.type, p.state, (p.capacity, p.allocation, p.usable),
-            by_pool.get(p.name, []) if p.active else None,
-            p.fs.mount_point if p.fs else None,
+        replace(
+            _summary(
+                host.host, p.name, p.type, p.state, (p.capacity, p.allocation, p.usable),
+                by_pool.get(p.name, []) if p.active else None,
+                p.fs.mount_point if p.fs else None,
+            ),
+            target=p.target_path, autostart=p.autostart, persistent=p.persistent,
         )
         for p in sorted(host.pools, key=lambda p: p.name)
     ]  # fmt: skip

@@ -197,6 +197,9 @@ class PoolSummary:
     exposure: int | None
     filesystem: str | None = None  # mount point of a local filesystem
     members: tuple[str, ...] = ()  # the pools of a shared-fs group
+    target: str = ""  # the pool's target path
+    autostart: bool | None = None  # None for group rows
+    persistent: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,17 @@ from auditor.models import DiskReport, PoolSummary, Skip, Summary
 
 VOLUME_COLUMNS = [
     "host", "pool", "volume", "path", "format", "provisioning", "virtual_size", "disk_size",
-    "growth", "managed", "used_by", "backing_file", "kind", "note",
+    "growth", "managed", "used_by", "backing_file", "kind", "note", "physical",
 ]  # fmt: skip
 POOL_COLUMNS = [
     "host", "pool", "type", "state", "capacity", "allocation", "available", "volumes", "thin",
     "preallocated", "unknown", "provisioned", "used", "overcommit_ratio", "exposure",
-    "filesystem",
+    "filesystem", "target", "autostart", "persistent",
 ]  # fmt: skip
 SKIP_COLUMNS = ["host", "kind", "name", "reason"]
 SIZE_COLUMNS = frozenset(
     {"virtual_size", "disk_size", "growth", "capacity", "allocation", "available",
-     "provisioned", "used", "exposure"}
+     "provisioned", "used", "exposure", "physical"}
 )  # fmt: skip
 COUNT_COLUMNS = frozenset({"volumes", "thin", "preallocated", "unknown"})
 
@@ -40,13 +40,12 @@ def volume_row(r: DiskReport) -> dict[str, Any]:
         "backing_file": d.backing_file or "",
         "kind": d.kind,
         "note": r.reason,
+        "physical": d.physical,
     }
 
 
 def pool_row(p: PoolSummary) -> dict[str, Any]:
-    return {c: getattr(p, c) for c in POOL_COLUMNS if c != "filesystem"} | {
-        "filesystem": p.filesystem or ""
-    }
+    return {c: getattr(p, c) for c in POOL_COLUMNS} | {"filesystem": p.filesystem or ""}
 
 
 def skip_row(s: Skip) -> dict[str, Any]:
