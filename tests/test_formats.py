@@ -29,6 +29,7 @@ def test_neutralise_formula_cells() -> None:
 def test_csv_keeps_numbers_numeric_and_text_safe() -> None:
     row = {c: "" for c in VOLUME_COLUMNS} | {
         "volume": "=HYPERLINK(1)",
+        "physical": None,
         "virtual_size": 1 << 30,
         "disk_size": None,
         "growth": 5,
