@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from auditor.errors import NotFound
 from auditor.models import (
     Disk,
     DiskReport,
@@ -25,6 +26,7 @@ from auditor.models import (
 MiB = 1 << 20
 QCOW2_CLUSTER = 64 * 1024
 OPAQUE_BACKENDS = frozenset({"iscsi", "iscsi-direct", "scsi", "mpath"})
+GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})
 MAX_VIRTUAL = 1 << 62  # beyond any real disk: a corrupt header (libvirt reads it unchecked)
 
 
@@ -227,6 +229,14 @@ def summarize_pools(host: HostInventory, reports: list[DiskReport]) -> list[Pool
         fs = rows[0].disk.fs if mount else None
         out.append(_summary(host.host, "(unmanaged)", "unmanaged", "", _fs_space(fs), rows, mount))
     return out
+
+
+def require_pool(summary: Summary, pool: str | None) -> None:
+    """Raise NotFound unless ``pool`` (when given) is a pool of some collected host."""
+    if pool is not None and not any(p.pool == pool and p.type not in GROUP_TYPES
+                                    for p in summary.pools):  # fmt: skip
+        known = sorted({p.pool for p in summary.pools if p.type not in GROUP_TYPES})
+        raise NotFound(f"pool {pool!r} not found", f"known pools: {', '.join(known) or 'none'}")
 
 
 def analyze(inventory: Inventory, now: datetime | None = None) -> Summary:

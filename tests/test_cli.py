@@ -83,3 +83,11 @@ def test_scan_of_a_missing_path_is_a_skip(tmp_path: Path) -> None:
     ran = auditor("scan", str(tmp_path / "nope"), "--format", "json")
     assert ran.code == 1
     assert ran.json()["skipped"][0]["reason"] == "No such file or directory"
+
+
+def test_unknown_pool_is_an_error_naming_known_pools() -> None:
+    ran = auditor("-c", f"test://{DEMO}", "volumes", "--pool", "imgaes")
+    assert ran.code == 2
+    assert ran.err.strip() == (
+        "auditor: error: pool 'imgaes' not found (known pools: backups, images, iso)"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from auditor.analyze import analyze
+from auditor.analyze import analyze, require_pool
 from auditor.cli.common import App, emit, format_option, refresh_option
 from auditor.collect import collect, collect_files
 from auditor.report.rows import POOL_COLUMNS, VOLUME_COLUMNS, pool_rows, volume_rows
@@ -18,6 +18,7 @@ from auditor.report.rows import POOL_COLUMNS, VOLUME_COLUMNS, pool_rows, volume_
 def volumes(app: App, pool: str | None, fmt: str, no_refresh: bool) -> int:
     """One row per disk: managed volumes and unmanaged domain disks."""
     summary = analyze(collect(app.uris, app.connect, app.probes, refresh=not no_refresh))
+    require_pool(summary, pool)
     return emit("volumes", volume_rows(summary, pool), VOLUME_COLUMNS, fmt, summary)
 
 
