@@ -1,0 +1,67 @@
+"""Threshold assessment of a pool's figures: ok, warn or crit, with the reasons in words. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from auditor.config import Thresholds
+from auditor.models import PoolSummary
+
+
+class Level(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    CRIT = "crit"
+    UNKNOWN = "unknown"  # no figures: an inactive pool, a filesystem that could not be read
+
+
+SEVERITY = {Level.CRIT: 0, Level.WARN: 1, Level.UNKNOWN: 2, Level.OK: 3}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    level: Level
+    used_percent: float | None
+    reasons: tuple[str, ...] = ()  # why the level is not ok, in words
+
+
+def used_percent(p: PoolSummary) -> float | None:
+    """used_percent = (capacity - available) / capacity * 100; available is the usable free."""
+    if not p.capacity or p.available is None:
+        return None
+    return round((p.capacity - p.available) / p.capacity * 100, 2)
+
+
+def _level(value: float | None, warn: float, crit: float) -> Level:
+    if value is None or value < warn:
+        return Level.OK
+    return Level.CRIT if value >= crit else Level.WARN
+
+
+def assess(p: PoolSummary, t: Thresholds) -> Assessment:
+    """The worst of: used_percent against used_warn/used_crit, overcommit_ratio against
+    overcommit_warn/overcommit_crit (both inclusive)."""
+    used = used_percent(p)
+    if used is None:
+        why = "inactive: libvirt reports no figures" if p.state == "inactive" else "no capacity"
+        return Assessment(Level.UNKNOWN, None, (why,))
+    found: list[tuple[Level, str]] = []
+    by_used = _level(used, t.used_warn, t.used_crit)
+    if by_used is not Level.OK:
+        limit = t.used_crit if by_used is Level.CRIT else t.used_warn
+        found.append((by_used, f"{used:.1f}% used ({_word(by_used)} at {limit:g}%)"))
+    ratio = p.overcommit_ratio
+    by_ratio = _level(ratio, t.overcommit_warn, t.overcommit_crit)
+    if by_ratio is not Level.OK and ratio is not None:
+        limit = t.overcommit_crit if by_ratio is Level.CRIT else t.overcommit_warn
+        found.append(
+            (by_ratio, f"provisioned {ratio:.2f}x capacity ({_word(by_ratio)} at {limit:g}x)")
+        )
+    found.sort(key=lambda f: SEVERITY[f[0]])  # the worst reason first
+    level = min(by_used, by_ratio, key=SEVERITY.__getitem__)
+    return Assessment(level, used, tuple(text for _, text in found))
+
+
+def _word(level: Level) -> str:
+    return "critical" if level is Level.CRIT else "warning"
