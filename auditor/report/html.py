@@ -1,0 +1,125 @@
+"""The HTML page: jinja2 templates packaged as ``auditor.templates``, autoescape on.
+
+The page is self-contained: its CSS and JS are inlined, and a Content-Security-Policy with
+their SHA-256 hashes forbids every fetch and any other script.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from importlib.resources import files
+
+from jinja2 import Environment, FunctionLoader, StrictUndefined
+from markupsafe import Markup
+
+from auditor.report.page import Page, PoolStatus
+from auditor.report.table import iec
+
+LEVELS = {"crit": "Critical", "warn": "Warning", "unknown": "No data", "ok": "OK"}
+BAR_WIDTH = 1000  # SVG user units of a bar's full length
+MINUS = "\u2212"
+
+
+def _source(name: str) -> str | None:
+    resource = files("auditor.templates").joinpath(name)
+    return resource.read_text(encoding="utf-8") if resource.is_file() else None
+
+
+def exact(n: int | None) -> str:
+    """Exact bytes for a title attribute: 1536 → '1,536 bytes'."""
+    return "" if n is None else f"{n:,} bytes"
+
+
+def signed(n: int | None) -> str:
+    """A change in bytes: '+1.5 GiB', '-300.0 MiB' (with a minus sign), '±0'; None → 'n/a'."""
+    if n is None:
+        return "n/a"
+    return "±0" if n == 0 else ("+" if n > 0 else MINUS) + iec(abs(n))
+
+
+def signed_count(n: int | None) -> str:
+    if n is None:
+        return "n/a"
+    return "±0" if n == 0 else f"{n:+d}".replace("-", MINUS)
+
+
+def num(value: float) -> str:
+    """A threshold without trailing zeros: 80.0 → '80', 1.5 → '1.5'."""
+    return f"{value:g}"
+
+
+def when(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass(frozen=True)
+class Bar:
+    """x positions (0..BAR_WIDTH) of a pool's bar, scaled to max(capacity, provisioned)."""
+
+    volumes: float  # Σ disk_size of the pool's volumes
+    used: float  # capacity - available: volumes plus other files on the filesystem
+    capacity: float
+    provisioned: float
+    warn: float  # used_warn and used_crit, as positions on the capacity
+    crit: float
+
+
+def bar(status: PoolStatus) -> Bar | None:
+    """The geometry of a pool's bar; None when its capacity is not known."""
+    p = status.pool
+    if not p.capacity or p.available is None:
+        return None
+    used = max(0, p.capacity - p.available)
+    scale = max(p.capacity, p.provisioned or 0, used)
+
+    def x(n: float) -> float:
+        return round(n * BAR_WIDTH / scale, 1)
+
+    return Bar(
+        volumes=x(min(p.used or 0, used)),
+        used=x(used),
+        capacity=x(p.capacity),
+        provisioned=x(p.provisioned or 0),
+        warn=x(p.capacity * status.limits["used_warn"] / 100),
+        crit=x(p.capacity * status.limits["used_crit"] / 100),
+    )
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+@cache
+def environment() -> Environment:
+    env = Environment(
+        loader=FunctionLoader(_source),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=StrictUndefined,
+    )
+    env.filters.update(
+        iec=iec, exact=exact, signed=signed, signed_count=signed_count, when=when, num=num
+    )
+    env.globals.update(bar=bar, levels=LEVELS, width=BAR_WIDTH)
+    return env
+
+
+def render(page: Page) -> str:
+    """The report page as one HTML document."""
+    env = environment()
+    css = env.get_template("report.css.j2").render()
+    js = env.get_template("report.js.j2").render()
+    csp = (
+        f"default-src 'none'; style-src {_hash(css)}; script-src {_hash(js)}; "
+        "img-src data:; base-uri 'none'; form-action 'none'"
+    )
+    # Our own static CSS and JS, inlined verbatim: their hashes are in the CSP.
+    inline = {"css": Markup(css), "js": Markup(js)}  # noqa: S704
+    return env.get_template("report.html.j2").render(
+        page=page, totals=page.totals, csp=csp, **inline
+    )

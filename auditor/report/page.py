@@ -1,0 +1,196 @@
+"""What a report shows: the summary, each pool's status and change, and the totals. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from auditor.models import DiskReport, PoolSummary, Summary
+from auditor.report.rows import pool_row, skip_row, volume_rows
+
+GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})  # summary rows that are not libvirt pools
+PROBLEM_LEVELS = ("crit", "warn")
+
+
+def _minus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a - b
+
+
+@dataclass(frozen=True)
+class Change:
+    """A pool's figures now minus those of the previous snapshot (None: unknown on a side)."""
+
+    since: datetime
+    volumes: int | None
+    used: int | None
+    provisioned: int | None
+    available: int | None
+    exposure: int | None
+
+    @classmethod
+    def between(cls, now: PoolSummary, before: Mapping[str, Any], since: datetime) -> Change:
+        return cls(
+            since=since,
+            volumes=_minus(now.volumes, before.get("volumes")),
+            used=_minus(now.used, before.get("used")),
+            provisioned=_minus(now.provisioned, before.get("provisioned")),
+            available=_minus(now.available, before.get("available")),
+            exposure=_minus(now.exposure, before.get("exposure")),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(),
+            "volumes": self.volumes,
+            "used": self.used,
+            "provisioned": self.provisioned,
+            "available": self.available,
+            "exposure": self.exposure,
+        }
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """A pool (or shared-fs group, or unmanaged disks on one filesystem) as the page shows it."""
+
+    pool: PoolSummary
+    level: str  # ok, warn, crit, unknown
+    used_percent: float | None
+    reasons: tuple[str, ...]
+    limits: Mapping[str, float]  # the thresholds that applied
+    change: Change | None = None
+
+    @property
+    def problem(self) -> bool:
+        return self.level in PROBLEM_LEVELS
+
+
+@dataclass(frozen=True)
+class VolumeChange:
+    """A volume that appeared or disappeared since the previous snapshot of its host."""
+
+    change: str  # added, removed
+    host: str
+    pool: str  # '' for an unmanaged disk
+    volume: str
+    path: str
+    virtual_size: int | None
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Headline figures. Capacity counts a shared filesystem once (its group row)."""
+
+    hosts: int
+    pools: int
+    inactive_pools: int
+    volumes: int
+    unmanaged: int
+    thin: int
+    preallocated: int
+    unknown: int
+    capacity: int
+    provisioned: int
+    used: int
+    available: int
+    exposure: int
+    overcommit_ratio: float | None
+    over_threshold: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Page:
+    """Everything one report renders, pools in display order (problems first)."""
+
+    summary: Summary
+    pools: tuple[PoolStatus, ...]
+    sources: tuple[str, ...]
+    version: str
+    thresholds: Mapping[str, Mapping[str, float]]  # "default" and one entry per pool override
+    config_source: str | None = None
+    previous_at: datetime | None = None
+    volume_changes: tuple[VolumeChange, ...] = ()
+
+    @property
+    def disks(self) -> tuple[DiskReport, ...]:
+        """Disks in the order of ``volume_rows``: host, managed first, pool, name."""
+
+        def key(r: DiskReport) -> tuple[str, bool, str, str]:
+            return r.disk.host, r.disk.pool is None, r.disk.pool or "", r.disk.name
+
+        return tuple(sorted(self.summary.disks, key=key))
+
+    @property
+    def problems(self) -> tuple[PoolStatus, ...]:
+        return tuple(s for s in self.pools if s.problem)
+
+    @property
+    def inactive(self) -> tuple[PoolStatus, ...]:
+        return tuple(s for s in self.pools if s.pool.state == "inactive")
+
+    @property
+    def totals(self) -> Totals:
+        pools = [s.pool for s in self.pools]
+        grouped = {(p.host, m) for p in pools if p.type == "shared-fs" for m in p.members}
+        spaces = [
+            p
+            for p in pools
+            if p.type == "shared-fs"
+            or (p.type not in GROUP_TYPES and (p.host, p.pool) not in grouped)
+        ]
+        disks = self.summary.disks
+        capacity = sum(p.capacity or 0 for p in spaces)
+        provisioned = sum(p.provisioned or 0 for p in spaces)
+        return Totals(
+            hosts=len(self.summary.hosts),
+            pools=sum(p.type not in GROUP_TYPES for p in pools),
+            inactive_pools=len(self.inactive),
+            volumes=len(disks),
+            unmanaged=sum(not r.disk.managed for r in disks),
+            thin=sum(r.provisioning.value == "thin" for r in disks),
+            preallocated=sum(r.provisioning.value == "preallocated" for r in disks),
+            unknown=sum(r.provisioning.value == "unknown" for r in disks),
+            capacity=capacity,
+            provisioned=provisioned,
+            used=sum(p.used or 0 for p in spaces),
+            available=sum(p.available or 0 for p in spaces),
+            exposure=sum(p.exposure or 0 for p in spaces),
+            overcommit_ratio=round(provisioned / capacity, 4) if capacity else None,
+            over_threshold=len(self.problems),
+        )
+
+    @staticmethod
+    def _pool(st: PoolStatus) -> dict[str, Any]:
+        return pool_row(st.pool) | {
+            "level": st.level,
+            "used_percent": st.used_percent,
+            "reasons": list(st.reasons),
+            "thresholds": dict(st.limits),
+            "change": st.change.as_dict() if st.change else None,
+        }
+
+    def document(self) -> dict[str, Any]:
+        """``summary.json``: the figures of the page, sizes in integer bytes."""
+        s = self.summary
+        return {
+            "format": "auditor-report",
+            "version": 1,
+            "generated_by": f"auditor {self.version}",
+            "collected_at": s.collected_at.isoformat(),
+            "hosts": list(s.hosts),
+            "sources": list(self.sources),
+            "previous_at": self.previous_at.isoformat() if self.previous_at else None,
+            "totals": self.totals.as_dict(),
+            "thresholds": {k: dict(v) for k, v in self.thresholds.items()},
+            "config": self.config_source,
+            "pools": [self._pool(st) for st in self.pools],
+            "volume_changes": [dict(c.__dict__) for c in self.volume_changes],
+            "volumes": volume_rows(s),
+            "skipped": [skip_row(k) for k in s.skips],
+            "notices": list(s.notices),
+        }
