@@ -35,9 +35,9 @@ def cli(ctx: click.Context, uris: tuple[str, ...], read_only: bool, debug: bool)
 
 
 def _register() -> None:
-    from auditor.cli import inventory
+    from auditor.cli import inventory, reporting
 
-    for command in inventory.COMMANDS:
+    for command in inventory.COMMANDS + reporting.COMMANDS:
         cli.add_command(command)
 
 

@@ -1,0 +1,157 @@
+"""The nightly report, history snapshots and the recorded series: report, snapshot, history."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import click
+
+from auditor import nightly
+from auditor.analyze import analyze
+from auditor.cli.common import App, F, config_option, format_option, refresh_option
+from auditor.collect import collect
+from auditor.config import load
+from auditor.errors import EXIT_OK, EXIT_PARTIAL
+from auditor.history import SERIES_COLUMNS, History, parse_since, parse_time
+from auditor.models import Summary
+from auditor.report import table
+from auditor.report.tables import to_csv
+
+DEFAULT_HISTORY = Path("reports") / "history.sqlite"
+
+
+class Timestamp(click.ParamType[datetime]):
+    """An ISO-8601 date or time; without an offset it is UTC."""
+
+    name = "ISO-8601"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return parse_time(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def history_option(f: F) -> F:
+    return click.option(
+        "--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
+        default=DEFAULT_HISTORY, show_default=True, metavar="PATH",
+        help="SQLite history database (created if missing).",
+    )(f)  # fmt: skip
+
+
+def at_option(f: F) -> F:
+    return click.option(
+        "--at", type=Timestamp(), metavar="ISO",
+        help="Record the figures as collected at this time (backfills, tests). Default: now.",
+    )(f)  # fmt: skip
+
+
+def _collect(app: App, at: datetime | None, no_refresh: bool) -> Summary:
+    summary = analyze(collect(app.uris, app.connect, app.probes, refresh=not no_refresh))
+    return replace(summary, collected_at=at) if at else summary
+
+
+def _warn(summary: Summary) -> int:
+    """Notices and skipped items on stderr; the exit code they imply."""
+    for notice in summary.notices:
+        click.echo(f"auditor: note: {notice}", err=True)
+    for s in summary.skips:
+        click.echo(f"auditor: skipped {s.kind} {s.name} on {s.host}: {s.reason}", err=True)
+    return EXIT_PARTIAL if summary.skips else EXIT_OK
+
+
+@click.command()
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+    help="Folder for the four files. Default: reports/YYYY-MM-DD (the collection date).",
+)  # fmt: skip
+@history_option
+@config_option
+@at_option
+@refresh_option
+@click.pass_obj
+def report(
+    app: App,
+    out: Path | None,
+    history_path: Path,
+    config_path: str | None,
+    at: datetime | None,
+    no_refresh: bool,
+) -> int:
+    """Write report.html, pools.csv, volumes.csv and summary.json (atomically) and record a
+    history snapshot. Exit 1 if some items could not be read."""
+    config = load(config_path)
+    with History.open(history_path) as history:
+        summary = _collect(app, at, no_refresh)
+        folder = out or Path("reports") / summary.collected_at.astimezone().strftime("%Y-%m-%d")
+        sources = tuple(u or "libvirt default URI" for u in app.uris)
+        page = nightly.report(summary, config, history, folder, sources, version("auditor"))
+    click.echo(f"report: {folder / 'report.html'}")
+    problems = page.problems
+    if problems:
+        names = ", ".join(f"{s.pool.pool} on {s.pool.host} ({s.level})" for s in problems)
+        click.echo(f"{len(problems)} of {len(page.pools)} pools over a threshold: {names}")
+    else:
+        click.echo(f"all {len(page.pools)} pools within thresholds")
+    return _warn(summary)
+
+
+@click.command()
+@history_option
+@at_option
+@refresh_option
+@click.pass_obj
+def snapshot(app: App, history_path: Path, at: datetime | None, no_refresh: bool) -> int:
+    """Collect and record one history snapshot, without rendering a report."""
+    with History.open(history_path) as history:
+        summary = _collect(app, at, no_refresh)
+        sid = history.record(summary, version("auditor"))
+    click.echo(
+        f"snapshot {sid}: {len(summary.pools)} pools, {len(summary.disks)} volumes "
+        f"at {summary.collected_at.isoformat()} in {history_path}"
+    )
+    return _warn(summary)
+
+
+@click.command()
+@click.option("--pool", "-p", metavar="NAME", help="Only this pool.")
+@click.option("--host", metavar="NAME", help="Only this host.")
+@click.option(
+    "--since", metavar="WHEN",
+    help="Only snapshots from then on: ISO-8601 date or time, or 12h, 7d, 4w ago.",
+)  # fmt: skip
+@format_option
+@click.option(
+    "--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_HISTORY, show_default=True, metavar="PATH", help="SQLite history database.",
+)  # fmt: skip
+def history(
+    pool: str | None, host: str | None, since: str | None, fmt: str, history_path: Path
+) -> int:
+    """Print the recorded series: one row per pool and snapshot, oldest first."""
+    try:
+        start = parse_since(since, datetime.now(UTC)) if since else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from exc
+    with History.open(history_path, create=False) as db:
+        rows = db.series(pool=pool, since=start, host=host)
+    if fmt == "json":
+        click.echo(json.dumps({"history": str(history_path), "pools": rows}, indent=2))
+    elif fmt == "csv":
+        click.echo(to_csv(rows, SERIES_COLUMNS), nl=False)
+    else:
+        click.echo(table.render(rows, SERIES_COLUMNS))
+    return EXIT_OK
+
+
+COMMANDS = [report, snapshot, history]

@@ -1,0 +1,99 @@
+"""The nightly report and snapshot: thresholds, change since the previous snapshot, publish."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from auditor.config import Config
+from auditor.history import Earlier, History
+from auditor.models import PoolSummary, Summary
+from auditor.report.page import Change, Page, PoolStatus, VolumeChange
+from auditor.report.publish import publish, render_files
+from auditor.thresholds import SEVERITY, Level, assess
+
+
+def pool_key(host: str, pool: str, type_: str, filesystem: str | None) -> tuple[str, str, str]:
+    """What identifies a summary row across snapshots: unmanaged rows differ by filesystem."""
+    return host, pool, (filesystem or "") if type_ == "unmanaged" else ""
+
+
+def _key(p: PoolSummary) -> tuple[str, str, str]:
+    return pool_key(p.host, p.pool, p.type, p.filesystem)
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    return pool_key(row["host"], row["pool"], row["type"], row["filesystem"])
+
+
+def statuses(summary: Summary, config: Config, earlier: Iterable[Earlier]) -> list[PoolStatus]:
+    """Every summary row with its level and change, worst first."""
+    before = {_row_key(row): (row, e.collected_at) for e in earlier for row in e.pools}
+    out = []
+    for p in summary.pools:
+        limits = config.for_pool(p.pool)
+        a = assess(p, limits)
+        prev = before.get(_key(p))
+        change = Change.between(p, prev[0], prev[1]) if prev else None
+        out.append(PoolStatus(p, a.level.value, a.used_percent, a.reasons, asdict(limits), change))
+    return sorted(out, key=lambda s: (SEVERITY[Level(s.level)], s.pool.host))
+
+
+def volume_changes(summary: Summary, earlier: Iterable[Earlier]) -> list[VolumeChange]:
+    """Volumes added or removed on each host since its previous snapshot."""
+    out = []
+    for e in earlier:
+        now = {r.disk.path: r for r in summary.disks if r.disk.host == e.host}
+        then = {row["path"]: row for row in e.volumes}
+        out += [
+            VolumeChange("added", e.host, r.disk.pool or "", r.disk.name, path, r.disk.virtual_size)
+            for path, r in now.items() if path not in then
+        ]  # fmt: skip
+        out += [
+            VolumeChange("removed", e.host, row["pool"], row["volume"], path, row["virtual_size"])
+            for path, row in then.items() if path not in now
+        ]  # fmt: skip
+    return sorted(out, key=lambda c: (c.host, c.change, c.pool, c.volume))
+
+
+def build_page(
+    summary: Summary,
+    config: Config,
+    earlier: list[Earlier],
+    sources: tuple[str, ...],
+    version: str,
+) -> Page:
+    thresholds = {"default": asdict(config.thresholds)} | {
+        name: asdict(t) for name, t in sorted(config.pools.items())
+    }
+    return Page(
+        summary=summary,
+        pools=tuple(statuses(summary, config, earlier)),
+        sources=sources,
+        version=version,
+        thresholds=thresholds,
+        config_source=config.source,
+        previous_at=max((e.collected_at for e in earlier), default=None),
+        volume_changes=tuple(volume_changes(summary, earlier)),
+    )
+
+
+def report(
+    summary: Summary,
+    config: Config,
+    history: History,
+    out: Path,
+    sources: tuple[str, ...],
+    version: str,
+) -> Page:
+    """Compare with the history, render the four files, then record the snapshot and publish
+    them in one history transaction: a failed publish records nothing."""
+    earlier = history.earlier(summary.hosts, summary.collected_at)
+    page = build_page(summary, config, earlier, sources, version)
+    files = render_files(page)
+    with history.transaction():
+        history.record(summary, version)
+        publish(out, files)
+    return page
