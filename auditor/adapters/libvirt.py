@@ -7,16 +7,19 @@ leaves this module. Objects that vanish between list and inspect become ``Skip``
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import libvirt
 
-from auditor.errors import ConnectError
+from auditor.errors import AuditorError, ConnectError, NotFound, OperationError
 from auditor.models import Disk, Domain, DomainDisk, Pool, Skip
+from auditor.ops import DiskSpec, PoolDefinition, Progress, VolumeSpec
 
 T = TypeVar("T")
 
@@ -271,6 +274,192 @@ class LibvirtHost:
         )
 
 
+    # ---- managed operations ---------------------------------------------------------------
+    # One libvirt call each (or one stream), no guards: auditor.ops plans every operation and
+    # checks it first. libvirt errors become the project's errors, naming the object and the fix.
+
+    def _lookup_pool(self, name: str) -> libvirt.virStoragePool:
+        with _translate(f"pool {name}"):
+            return self._conn.storagePoolLookupByName(name)
+
+    def _lookup_volume(self, pool: str, name: str) -> libvirt.virStorageVol:
+        handle = self._lookup_pool(pool)
+        with _translate(f"volume {pool}/{name}"):
+            return handle.storageVolLookupByName(name)
+
+    def _lookup_domain(self, name: str) -> libvirt.virDomain:
+        with _translate(f"domain {name}"):
+            return self._conn.lookupByName(name)
+
+    def domain_targets(self, domain: str) -> frozenset[str]:
+        """Disk targets (vda, sdb, ...) of the running guest and of its definition."""
+        dom = self._lookup_domain(domain)
+        with _translate(f"domain {domain}"):
+            docs = [dom.XMLDesc(0)]
+            if dom.isActive() and dom.isPersistent():
+                docs.append(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return frozenset(
+            t.get("dev", "") for doc in docs for t in _xml(doc).findall("devices/disk/target")
+        ) - {""}
+
+    def define_pool(self, spec: PoolDefinition) -> None:
+        with _translate(f"pool {spec.name}"):
+            self._conn.storagePoolDefineXML(_pool_xml(spec), 0)
+
+    def pool_action(self, pool: str, action: str, flag: bool = False) -> None:
+        """build (flag: NO_OVERWRITE), start, stop (destroy), refresh, autostart (flag: on),
+        delete, undefine."""
+        handle = self._lookup_pool(pool)
+        calls: dict[str, Callable[[], object]] = {
+            "build": lambda: handle.build(
+                libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE if flag else 0
+            ),
+            "start": lambda: handle.create(0),
+            "stop": handle.destroy,
+            "refresh": lambda: self._refresh(handle),
+            "autostart": lambda: handle.setAutostart(int(flag)),
+            "delete": lambda: handle.delete(0),
+            "undefine": handle.undefine,
+        }
+        with _translate(f"pool {pool}"):
+            calls[action]()
+
+    def _volume_exists(self, handle: libvirt.virStoragePool, name: str) -> bool:
+        try:
+            handle.storageVolLookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise _error(exc, f"volume {handle.name()}/{name}") from exc
+        return True
+
+    def _remove_partial(self, handle: libvirt.virStoragePool, name: str) -> None:
+        """Delete what a failed create, clone or upload left behind (libvirt may have already)."""
+        with contextlib.suppress(libvirt.libvirtError):
+            handle.storageVolLookupByName(name).delete(0)
+
+    def create_volume(self, spec: VolumeSpec) -> None:
+        """Create ``spec`` (a clone of ``spec.source`` if set); a failure leaves no volume."""
+        handle = self._lookup_pool(spec.pool)
+        if self._volume_exists(handle, spec.name):
+            raise OperationError(
+                f"volume {spec.name} already exists in pool {spec.pool}", "choose another name"
+            )
+        source = self._lookup_volume(spec.pool, spec.source) if spec.source else None
+        flags = 0
+        if spec.prealloc_metadata:
+            flags |= libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+        if spec.reflink:
+            flags |= libvirt.VIR_STORAGE_VOL_CREATE_REFLINK
+        xml = _volume_xml(spec)
+        try:
+            if source is None:
+                handle.createXML(xml, flags)
+            else:
+                handle.createXMLFrom(xml, source, flags)
+        except libvirt.libvirtError as exc:
+            self._remove_partial(handle, spec.name)
+            if spec.reflink and "not supported" in _msg(exc):
+                raise OperationError(
+                    f"pool {spec.pool}: its filesystem cannot reflink ({_msg(exc)})",
+                    "reflink needs btrfs, or xfs made with reflink=1; clone without --reflink",
+                ) from exc
+            raise _error(exc, f"volume {spec.pool}/{spec.name}") from exc
+        except BaseException:
+            self._remove_partial(handle, spec.name)
+            raise
+
+    def resize_volume(
+        self, pool: str, name: str, capacity: int, *, allocate: bool, shrink: bool
+    ) -> None:
+        vol = self._lookup_volume(pool, name)
+        flags = (libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if allocate else 0) | (
+            libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if shrink else 0
+        )
+        with _translate(f"volume {pool}/{name}"):
+            vol.resize(capacity, flags)
+
+    def block_resize(self, domain: str, target: str, capacity: int) -> None:
+        """Grow a running domain's disk through QEMU (the image is locked by it)."""
+        dom = self._lookup_domain(domain)
+        with _translate(f"disk {target} of domain {domain}"):
+            dom.blockResize(target, capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        vol = self._lookup_volume(pool, name)
+        with _translate(f"volume {pool}/{name}"):
+            vol.delete(0)
+
+    def wipe_volume(self, pool: str, name: str, algorithm: str) -> None:
+        vol = self._lookup_volume(pool, name)
+        with _translate(f"volume {pool}/{name}"):
+            vol.wipePattern(getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{algorithm.upper()}"), 0)
+
+    def upload_volume(self, spec: VolumeSpec, file: str, progress: Progress | None) -> None:
+        """Create ``spec`` and fill it with ``file`` as a sparse stream (holes are sent as
+        holes); on any failure the stream is aborted and the new volume removed."""
+        try:
+            fd = os.open(file, os.O_RDONLY)
+        except OSError as exc:
+            raise OperationError(f"cannot read {file}: {exc.strerror}") from exc
+        try:
+            self.create_volume(spec)
+            handle = self._lookup_pool(spec.pool)
+            try:
+                vol = handle.storageVolLookupByName(spec.name)
+                stream = self._conn.newStream(0)
+                with _streaming(stream, f"upload of {file} to {spec.pool}/{spec.name}"):
+                    vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+                    stream.sparseSendAll(_reader(progress), _in_data, _skipper(progress), fd)
+                    stream.finish()
+            except BaseException:
+                self._remove_partial(handle, spec.name)
+                raise
+        finally:
+            os.close(fd)
+
+    def download_volume(
+        self, pool: str, name: str, file: str, *, overwrite: bool, progress: Progress | None
+    ) -> None:
+        """Write a volume's content to ``file`` (mode 0600) as a sparse stream: holes stay
+        holes. A failed download removes the file."""
+        vol = self._lookup_volume(pool, name)
+        mode = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        try:
+            fd = os.open(file, mode, 0o600)
+        except OSError as exc:
+            raise OperationError(f"cannot write {file}: {exc.strerror}") from exc
+        done = False
+        try:
+            stream = self._conn.newStream(0)
+            with _streaming(stream, f"download of {pool}/{name} to {file}"):
+                vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+                stream.sparseRecvAll(_writer(progress), _hole_writer(progress), fd)
+                stream.finish()
+            done = True
+        finally:
+            os.close(fd)
+            if not done:
+                with contextlib.suppress(OSError):
+                    os.unlink(file)
+
+    def attach_disk(self, disk: DiskSpec) -> None:
+        dom = self._lookup_domain(disk.domain)
+        with _translate(f"domain {disk.domain}"):
+            dom.attachDeviceFlags(_disk_xml(disk), _affect(disk))
+
+    def detach_disk(self, disk: DiskSpec) -> None:
+        """Detach the disk ``disk.target``, as the live or the persistent XML describes it."""
+        dom = self._lookup_domain(disk.domain)
+        with _translate(f"domain {disk.domain}"):
+            live = disk.live or (not disk.config and dom.isActive())
+            doc = _xml(dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE))
+            for node in doc.findall("devices/disk"):
+                if _attr(node.find("target"), "dev") == disk.target:
+                    dom.detachDeviceFlags(ET.tostring(node, encoding="unicode"), _affect(disk))
+                    return
+        raise NotFound(f"domain {disk.domain} has no disk {disk.target}")
+
 def _block_sizes(st: dict[str, Any], running: bool) -> dict[str, tuple[int | None, int | None]]:
     """Target → (virtual size, disk size) from bulk stats, whose fields mean different things
     for running domains (physical = host allocation) and shut-off ones (allocation = host
@@ -330,3 +519,170 @@ def _domain_disk(
         virtual_size=virtual,
         disk_size=used,
     )
+
+
+# ---- managed operations: XML, error translation, stream handlers ---------------------------
+
+_NOT_FOUND = {
+    libvirt.VIR_ERR_NO_STORAGE_POOL: "see `auditor pool list`",
+    libvirt.VIR_ERR_NO_STORAGE_VOL: "see `auditor volumes --pool POOL`",
+    libvirt.VIR_ERR_NO_DOMAIN: "see `virsh list --all`",
+}
+_HINTS = (
+    ("is not active", "start the pool first with `auditor pool start`"),
+    ("already active", "it is running already"),
+    ("exists already", "choose another name"),
+    ("already exists", "choose another name"),
+    ("ermission denied", "run as root or as a user allowed to manage libvirt storage"),
+    ("No space left", "free space in the pool"),
+    ("Not enough space", "free space in the pool"),
+    ("Cannot find 'scrub'", "install the scrub package, or use --algorithm zero"),
+    ("'trim' algorithm not supported", "use --algorithm zero"),
+    ("cannot open directory", "create the pool's storage first with `auditor pool build`"),
+    ("Directory not empty", "the pool's folder still holds files"),
+    ("does not support hotplugging", "attach to the definition with --config"),
+    ("write\" lock", "the image is in use by a running guest"),
+)
+
+
+def _error(exc: libvirt.libvirtError, what: str) -> AuditorError:
+    """One line naming the object, with the fix where one is known."""
+    code = exc.get_error_code()
+    if code in _NOT_FOUND:
+        return NotFound(f"{what} not found", _NOT_FOUND[code])
+    msg = _msg(exc)
+    return OperationError(f"{what}: {msg}", next((h for p, h in _HINTS if p in msg), ""))
+
+
+@contextlib.contextmanager
+def _translate(what: str) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise _error(exc, what) from exc
+
+
+@contextlib.contextmanager
+def _streaming(stream: libvirt.virStream, what: str) -> Iterator[None]:
+    """Abort the stream on any failure; libvirt and file errors name the transfer."""
+    try:
+        yield
+    except BaseException as exc:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()
+        if isinstance(exc, libvirt.libvirtError):
+            raise _error(exc, what) from exc
+        if isinstance(exc, OSError):
+            raise OperationError(f"{what}: {exc.strerror or exc}") from exc
+        raise
+
+
+def _in_data(_stream: object, fd: int) -> list[int]:
+    """[in data?, length of the section] at the file offset (SEEK_DATA / SEEK_HOLE)."""
+    cur = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        data = os.lseek(fd, cur, os.SEEK_DATA)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        end = os.lseek(fd, 0, os.SEEK_END)  # no data after cur: a trailing hole (or EOF)
+        os.lseek(fd, cur, os.SEEK_SET)
+        return [False, end - cur]
+    if data > cur:
+        os.lseek(fd, cur, os.SEEK_SET)
+        return [False, data - cur]
+    hole = os.lseek(fd, cur, os.SEEK_HOLE)
+    os.lseek(fd, cur, os.SEEK_SET)
+    return [True, hole - cur]
+
+
+def _reader(progress: Progress | None) -> Callable[[object, int, int], bytes]:
+    def read(_stream: object, n: int, fd: int) -> bytes:
+        data = os.read(fd, n)
+        if progress:
+            progress(len(data))
+        return data
+
+    return read
+
+
+def _skipper(progress: Progress | None) -> Callable[[object, int, int], int]:
+    def skip(_stream: object, n: int, fd: int) -> int:
+        if progress:
+            progress(n)
+        return os.lseek(fd, n, os.SEEK_CUR)
+
+    return skip
+
+
+def _writer(progress: Progress | None) -> Callable[[object, bytes, int], int]:
+    def write(_stream: object, buf: bytes, fd: int) -> int:
+        view = memoryview(buf)
+        while view:
+            view = view[os.write(fd, view) :]
+        if progress:
+            progress(len(buf))
+        return len(buf)
+
+    return write
+
+
+def _hole_writer(progress: Progress | None) -> Callable[[object, int, int], int]:
+    def hole(_stream: object, n: int, fd: int) -> int:
+        os.ftruncate(fd, os.lseek(fd, n, os.SEEK_CUR))  # extend: the skipped range is a hole
+        if progress:
+            progress(n)
+        return 0
+
+    return hole
+
+
+def _pool_xml(spec: PoolDefinition) -> str:
+    root = ET.Element("pool", type=spec.type)
+    ET.SubElement(root, "name").text = spec.name
+    if spec.source_devices or spec.source_host or spec.source_path or spec.source_name:
+        source = ET.SubElement(root, "source")
+        for device in spec.source_devices:
+            ET.SubElement(source, "device", path=device)
+        if spec.source_host:
+            ET.SubElement(source, "host", name=spec.source_host)
+        if spec.source_path:
+            ET.SubElement(source, "dir", path=spec.source_path)
+        if spec.source_name:
+            ET.SubElement(source, "name").text = spec.source_name
+        if spec.source_format:
+            ET.SubElement(source, "format", type=spec.source_format)
+    ET.SubElement(ET.SubElement(root, "target"), "path").text = spec.target
+    return ET.tostring(root, encoding="unicode")
+
+
+def _volume_xml(spec: VolumeSpec) -> str:
+    root = ET.Element("volume")
+    ET.SubElement(root, "name").text = spec.name
+    ET.SubElement(root, "capacity", unit="bytes").text = str(spec.capacity)
+    if spec.allocation is not None:
+        ET.SubElement(root, "allocation", unit="bytes").text = str(spec.allocation)
+    target = ET.SubElement(root, "target")
+    ET.SubElement(target, "format", type=spec.format)
+    if spec.format == "qcow2":
+        ET.SubElement(target, "compat").text = "1.1"  # libvirt's default is the old 0.10
+    if spec.backing:
+        store = ET.SubElement(root, "backingStore")
+        ET.SubElement(store, "path").text = spec.backing[0]
+        ET.SubElement(store, "format", type=spec.backing[1])
+    return ET.tostring(root, encoding="unicode")
+
+
+def _disk_xml(disk: DiskSpec) -> str:
+    node = ET.Element("disk", type="volume", device="disk")
+    ET.SubElement(node, "driver", name="qemu", type=disk.format)
+    ET.SubElement(node, "source", pool=disk.pool, volume=disk.volume)
+    ET.SubElement(node, "target", dev=disk.target, bus=disk.bus)
+    return ET.tostring(node, encoding="unicode")
+
+
+def _affect(disk: DiskSpec) -> int:
+    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if disk.live else 0) | (
+        libvirt.VIR_DOMAIN_AFFECT_CONFIG if disk.config else 0
+    )
+    return flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT

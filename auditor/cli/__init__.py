@@ -35,9 +35,9 @@ def cli(ctx: click.Context, uris: tuple[str, ...], read_only: bool, debug: bool)
 
 
 def _register() -> None:
-    from auditor.cli import inventory, reporting
+    from auditor.cli import inventory, ops, reporting
 
-    for command in inventory.COMMANDS + reporting.COMMANDS:
+    for command in inventory.COMMANDS + reporting.COMMANDS + ops.COMMANDS:
         cli.add_command(command)
 
 
