@@ -164,10 +164,18 @@ class History:
         return history
 
     def _identity(self) -> tuple[int, int, bool]:
-        """(application_id, user_version, whether the file holds any table)."""
-        app = self._conn.execute("PRAGMA application_id").fetchone()[0]
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        """(application_id, user_version, whether the file holds any table), read in one
+        transaction so that another run's initialisation is seen whole or not at all."""
+        own = not self._conn.in_transaction
+        if own:
+            self._conn.execute("BEGIN")
+        try:
+            app = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = self._conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            if own:
+                self._conn.execute("COMMIT")
         return int(app), int(version), bool(tables)
 
     def _check(self, app: int, version: int, tables: bool) -> bool:

@@ -1,0 +1,57 @@
+"""Hand-built summaries for report and history tests (no libvirt)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from auditor.analyze import analyze
+from auditor.models import Disk, Domain, DomainDisk, HostInventory, Inventory, Pool, Skip, Summary
+
+GiB = 1 << 30
+
+
+def pool(host: str, name: str, capacity: int, available: int, *, state: str = "running") -> Pool:
+    active = state == "running"
+    return Pool(
+        host=host, name=name, uuid=f"uuid-{name}", type="dir", state=state, persistent=True,
+        autostart=True, target_path=f"/{name}",
+        capacity=capacity if active else None,
+        allocation=capacity - available if active else None,
+        available=available if active else None,
+    )  # fmt: skip
+
+
+def disk(host: str, pool: str | None, name: str, virtual: int, size: int) -> Disk:
+    return Disk(
+        host=host, path=f"/{pool or 'elsewhere'}/{name}", name=name, pool=pool,
+        backend="dir" if pool else "unmanaged", kind="file", format="raw",
+        virtual_size=virtual, disk_size=size,
+    )  # fmt: skip
+
+
+def host(name: str, at: datetime, *, extra: bool = False, skip: bool = False) -> HostInventory:
+    """Pool 'big' (100 GiB, 60 used, 3 volumes), 'idle' inactive, one unmanaged disk used by
+    vm1; ``extra`` adds a 10 GiB volume 'new.raw' to 'big', ``skip`` an unreadable image."""
+    disks = [
+        disk(name, "big", "a.raw", 50 * GiB, 50 * GiB),
+        disk(name, "big", "b.raw", 80 * GiB, 5 * GiB),
+        disk(name, "big", "c.raw", 40 * GiB, 5 * GiB),
+        disk(name, None, "loose.raw", 8 * GiB, 1 * GiB),
+    ]
+    if extra:
+        disks.append(disk(name, "big", "new.raw", 10 * GiB, 10 * GiB))
+    dom = Domain(name, "vm1", "u1", "running", True,
+                 (DomainDisk("vda", "disk", "file", "/elsewhere/loose.raw"),))  # fmt: skip
+    skips = (Skip(name, "image", "/bad.qcow2", "qemu-img: not a qcow2 image"),) if skip else ()
+    return HostInventory(
+        host=name, uri=f"test:///{name}", collected_at=at,
+        pools=(pool(name, "big", 100 * GiB, 40 * GiB - (10 * GiB if extra else 0)),
+               pool(name, "idle", 0, 0, state="inactive")),
+        disks=tuple(disks), domains=(dom,), skips=skips,
+    )  # fmt: skip
+
+
+def summary(at: datetime, *hosts: str, extra: bool = False, skip: bool = False) -> Summary:
+    return analyze(
+        Inventory(hosts=tuple(host(h, at, extra=extra, skip=skip) for h in hosts or ("h1",)))
+    )
