@@ -51,7 +51,7 @@ def test_report_writes_the_four_files(tmp_path: Path) -> None:
     host = doc(tmp_path / "out")["hosts"][0]
     assert r.out.splitlines() == [
         f"report: {tmp_path / 'out' / 'report.html'}",
-        f"3 of 5 pools over a threshold: vmstore on {host} (crit), backups on {host} (warn), "
+        f"3 over a threshold: vmstore on {host} (crit), backups on {host} (warn), "
         f"scratch on {host} (warn)",
     ]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(FILES)

@@ -100,9 +100,9 @@ def report(
     problems = page.problems
     if problems:
         names = ", ".join(f"{s.pool.pool} on {s.pool.host} ({s.level})" for s in problems)
-        click.echo(f"{len(problems)} of {len(page.pools)} pools over a threshold: {names}")
+        click.echo(f"{len(problems)} over a threshold: {names}")
     else:
-        click.echo(f"all {len(page.pools)} pools within thresholds")
+        click.echo("no pool over a threshold")
     return _warn(summary)
 
 
