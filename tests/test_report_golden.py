@@ -22,8 +22,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     before = auditor_on("kvm01", "-c", uri_of("report-host-before.xml"), "snapshot",
                         "--history", history, "--at", "2026-01-01T00:00:00Z")  # fmt: skip
     assert before.code == 0, before.err
-    now = auditor_on("kvm01", "-c", uri_of("report-host.xml"), "report", "--out",
-                     str(tmp / "out"), "--history", history, "--at", "2026-01-02T00:00:00Z")  # fmt: skip
+    now = auditor_on("kvm01", "-c", uri_of("report-host.xml"), "report", "--out", str(tmp / "out"),
+                     "--history", history, "--at", "2026-01-02T00:00:00Z")  # fmt: skip
     assert now.code == 0, now.err
     return tmp / "out"
 
