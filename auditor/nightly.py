@@ -42,18 +42,23 @@ def statuses(summary: Summary, config: Config, earlier: Iterable[Earlier]) -> li
 
 
 def volume_changes(summary: Summary, earlier: Iterable[Earlier]) -> list[VolumeChange]:
-    """Volumes added or removed on each host since its previous snapshot."""
+    """Volumes added or removed on each host since its previous snapshot; volumes of a pool
+    that is inactive on either side, and unreadable items, are not counted as changes."""
     out = []
+    unreadable = {(s.host, s.name) for s in summary.skips}
     for e in earlier:
+        idle_now = {p.pool for p in summary.pools if p.host == e.host and p.state == "inactive"}
+        idle_then = {row["pool"] for row in e.pools if row["state"] == "inactive"}
         now = {r.disk.path: r for r in summary.disks if r.disk.host == e.host}
         then = {row["path"]: row for row in e.volumes}
         out += [
             VolumeChange("added", e.host, r.disk.pool or "", r.disk.name, path, r.disk.virtual_size)
-            for path, r in now.items() if path not in then
+            for path, r in now.items() if path not in then and r.disk.pool not in idle_then
         ]  # fmt: skip
         out += [
             VolumeChange("removed", e.host, row["pool"], row["volume"], path, row["virtual_size"])
-            for path, row in then.items() if path not in now
+            for path, row in then.items()
+            if path not in now and row["pool"] not in idle_now and (e.host, path) not in unreadable
         ]  # fmt: skip
     return sorted(out, key=lambda c: (c.host, c.change, c.pool, c.volume))
 

@@ -29,9 +29,12 @@ def disk(host: str, pool: str | None, name: str, virtual: int, size: int) -> Dis
     )  # fmt: skip
 
 
-def host(name: str, at: datetime, *, extra: bool = False, skip: bool = False) -> HostInventory:
+def host(
+    name: str, at: datetime, *, extra: bool = False, skip: bool = False, down: bool = False
+) -> HostInventory:
     """Pool 'big' (100 GiB, 60 used, 3 volumes), 'idle' inactive, one unmanaged disk used by
-    vm1; ``extra`` adds a 10 GiB volume 'new.raw' to 'big', ``skip`` an unreadable image."""
+    vm1; ``extra`` adds a 10 GiB volume 'new.raw' to 'big', ``skip`` an unreadable image,
+    ``down`` makes 'big' inactive (its volumes unknown)."""
     disks = [
         disk(name, "big", "a.raw", 50 * GiB, 50 * GiB),
         disk(name, "big", "b.raw", 80 * GiB, 5 * GiB),
@@ -42,16 +45,17 @@ def host(name: str, at: datetime, *, extra: bool = False, skip: bool = False) ->
         disks.append(disk(name, "big", "new.raw", 10 * GiB, 10 * GiB))
     dom = Domain(name, "vm1", "u1", "running", True,
                  (DomainDisk("vda", "disk", "file", "/elsewhere/loose.raw"),))  # fmt: skip
+    if down:
+        disks = [d for d in disks if d.pool != "big"]
     skips = (Skip(name, "image", "/bad.qcow2", "qemu-img: not a qcow2 image"),) if skip else ()
     return HostInventory(
         host=name, uri=f"test:///{name}", collected_at=at,
-        pools=(pool(name, "big", 100 * GiB, 40 * GiB - (10 * GiB if extra else 0)),
+        pools=(pool(name, "big", 100 * GiB, 40 * GiB - (10 * GiB if extra else 0),
+                    state="inactive" if down else "running"),
                pool(name, "idle", 0, 0, state="inactive")),
         disks=tuple(disks), domains=(dom,), skips=skips,
     )  # fmt: skip
 
 
-def summary(at: datetime, *hosts: str, extra: bool = False, skip: bool = False) -> Summary:
-    return analyze(
-        Inventory(hosts=tuple(host(h, at, extra=extra, skip=skip) for h in hosts or ("h1",)))
-    )
+def summary(at: datetime, *hosts: str, **kw: bool) -> Summary:
+    return analyze(Inventory(hosts=tuple(host(h, at, **kw) for h in hosts or ("h1",))))

@@ -21,8 +21,8 @@ from summaries import GiB, summary
 
 from auditor.analyze import full_size
 from auditor.config import Config
-from auditor.history import parse_time
-from auditor.nightly import build_page
+from auditor.history import History, parse_time
+from auditor.nightly import build_page, volume_changes
 from auditor.report import html
 from auditor.report.publish import FILES, PublishError, publish, render_files
 from auditor.report.rows import POOL_COLUMNS, SIZE_COLUMNS, VOLUME_COLUMNS
@@ -193,6 +193,19 @@ def test_skipped_inactive_and_unmanaged_are_on_the_page() -> None:
     assert "1 item could not be read" in text
     assert "Pool <strong>idle</strong> on h1 is inactive" in text
     assert "/elsewhere/loose.raw" in text and "Unmanaged disks <small>1</small>" in text
+
+
+def test_inactive_pools_and_unreadable_items_are_not_changes(tmp_path: Path) -> None:
+    t1, t2 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
+    with History.open(tmp_path / "h.sqlite") as h:
+        h.record(summary(t1, extra=True), "x")
+        h.record(summary(t2, down=True), "x")
+        gone = volume_changes(summary(t2), h.earlier(("h1",), t2))
+        assert [(c.change, c.volume) for c in gone] == [("removed", "new.raw")]
+        back = volume_changes(summary(t2 + (t2 - t1)), h.earlier(("h1",), t2 + (t2 - t1)))
+        assert back == []  # big was inactive in the previous snapshot
+        stopped = volume_changes(summary(t2, down=True), h.earlier(("h1",), t2))
+        assert stopped == []  # big is inactive now: its volumes are unknown, not removed
 
 
 def test_publish_is_all_or_nothing(tmp_path: Path) -> None:
