@@ -403,6 +403,13 @@ def _changes(
     return tuple(Change(k, before.get(k), after.get(k)) for k in order)
 
 
+def show_ratio(r: float | None) -> str:
+    """2 decimals; 4 when a small non-zero ratio would read as 0.00."""
+    if r is None:
+        return "?"
+    return f"{r:.4f}" if 0 < abs(r) < 0.005 else f"{r:.2f}"
+
+
 def human(n: int | None) -> str:
     """'1.0 GiB (1073741824 B)'."""
     return "none" if n is None else f"{iec(n)} ({n} B)" if n >= 1024 else f"{n} B"
@@ -447,10 +454,9 @@ def _overcommit(
     new_ratio = ratio(after, s.capacity)
     crit = ctx.config.for_pool(pool).overcommit_crit
     if added > 0 and new_ratio is not None and new_ratio > crit:
-        before = f"{s.overcommit_ratio:.2f}" if s.overcommit_ratio is not None else "?"
         msg = (
-            f"pool {pool}: overcommit ratio would go from {before} to {new_ratio:.2f}, "
-            f"above its critical threshold {crit:.2f}"
+            f"pool {pool}: overcommit ratio would go from {show_ratio(s.overcommit_ratio)} to "
+            f"{show_ratio(new_ratio)}, above its critical threshold {show_ratio(crit)}"
         )
         if not force:
             raise PolicyError(
@@ -634,7 +640,7 @@ def plan_pool(ctx: Context, name: str, action: str, *, flag: bool = False) -> Pl
             f"start pool {name} (activate it and list its volumes)",
         )
         after[STATE] = "active"
-        order = [STATE]
+        order = [STATE, VOLUMES]
     elif action == "stop":
         nothing = "already inactive" if not pool.active else ""
         call = "virStoragePoolDestroy()"
@@ -791,6 +797,9 @@ def plan_create(
         backing_pair = (base.disk.path, base.disk.format or "raw")
     allocation, metadata, words = _provisioning(fmt, capacity, preallocated)
     spec = VolumeSpec(pool, name, capacity, fmt, allocation, metadata, backing_pair)
+    if fmt == "qcow2" and capacity % 1024:
+        capacity = -(-capacity // 1024) * 1024
+        notes.append(f"libvirt makes a qcow2 in whole KiB: its virtual size is {human(capacity)}")
     need = full_size(fmt, capacity) if preallocated else 0
     before = _state(view, pool, name)
     after = dict(before)

@@ -18,10 +18,9 @@ from auditor import ops
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.cli.common import App, config_option, emit, format_option, group
 from auditor.config import load
-from auditor.errors import ConfigError
 from auditor.ops import Change, Context, Outcome, Plan, Progress
 from auditor.report.rows import pool_row, volume_row
-from auditor.sizes import NewSize, parse_resize, parse_size
+from auditor.sizes import parse_resize, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
 POOL_LIST_COLUMNS = [
@@ -37,25 +36,6 @@ POOL_LIST_COLUMNS = [
     "provisioned",
     "overcommit_ratio",
 ]
-
-
-class SizeParam(click.ParamType[int | NewSize]):
-    """SIZE as virsh reads it; with ``resize``, also +SIZE / -SIZE."""
-
-    name = "SIZE"
-
-    def __init__(self, resize: bool = False) -> None:
-        self.resize = resize
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> int | NewSize:
-        if isinstance(value, int | NewSize):
-            return value
-        try:
-            return parse_resize(str(value)) if self.resize else parse_size(str(value))
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
 
 
 def dry_run_option(f: F) -> F:
@@ -93,7 +73,7 @@ def _value(c: Change, v: ops.Value) -> str:
     if c.is_bytes and isinstance(v, int):
         return ops.human(v)
     if isinstance(v, float):
-        return f"{v:.2f}"
+        return ops.show_ratio(v)
     return str(v)
 
 
@@ -172,7 +152,7 @@ def _key_values(doc: dict[str, Any], fmt: str) -> None:
         elif isinstance(value, int) and key in SIZE_KEYS:
             value = ops.human(value)
         elif isinstance(value, float):
-            value = f"{value:.2f}"
+            value = ops.show_ratio(value)
         elif value is None or value == "":
             value = "-"
         click.echo(f"{key:<{width}}  {value}")
@@ -410,7 +390,7 @@ def vol_info(app: App, pool_name: str, name: str, fmt: str) -> None:
 @vol.command("create")
 @click.argument("pool_name", metavar="POOL")
 @click.argument("name")
-@click.argument("size", type=SizeParam())
+@click.argument("size")
 @click.option(
     "--format",
     "fmt",
@@ -433,7 +413,7 @@ def vol_create(
     app: App,
     pool_name: str,
     name: str,
-    size: int,
+    size: str,
     fmt: str | None,
     thin: bool,
     backing: str | None,
@@ -442,10 +422,18 @@ def vol_create(
     dry_run: bool,
 ) -> None:
     """Create a volume of SIZE (bytes, or K M G T = 1024-based, KB MB GB TB = 1000-based)."""
+    capacity = parse_size(size)
     _run(
         app,
         lambda ctx: ops.plan_create(
-            ctx, pool_name, name, size, fmt=fmt, preallocated=not thin, backing=backing, force=force
+            ctx,
+            pool_name,
+            name,
+            capacity,
+            fmt=fmt,
+            preallocated=not thin,
+            backing=backing,
+            force=force,
         ),
         dry_run=dry_run,
         config_path=config_path,
@@ -509,10 +497,10 @@ def vol_clone(
     )
 
 
-@vol.command("resize")
+@vol.command("resize", context_settings={"ignore_unknown_options": True})
 @click.argument("pool_name", metavar="POOL")
 @click.argument("name")
-@click.argument("size", type=SizeParam(resize=True), metavar="SIZE|+DELTA")
+@click.argument("size", metavar="SIZE|+DELTA")
 @click.option("--allocate", is_flag=True, help="Also allocate the new space (raw, offline only).")
 @click.option("--shrink", is_flag=True, help="Allow a smaller size (data beyond it is lost).")
 @yes_option("shrinking loses the data beyond the new size")
@@ -524,7 +512,7 @@ def vol_resize(
     app: App,
     pool_name: str,
     name: str,
-    size: NewSize,
+    size: str,
     allocate: bool,
     shrink: bool,
     yes: bool,
@@ -534,10 +522,11 @@ def vol_resize(
 ) -> None:
     """Set a volume's virtual size to SIZE, or grow it by +DELTA (shrink by -DELTA). A disk of
     a running domain grows live through the domain (block resize), never offline."""
+    new = parse_resize(size)
     _run(
         app,
         lambda ctx: ops.plan_resize(
-            ctx, pool_name, name, size, allocate=allocate, shrink=shrink, force=force
+            ctx, pool_name, name, new, allocate=allocate, shrink=shrink, force=force
         ),
         dry_run=dry_run,
         yes=yes,
