@@ -273,7 +273,6 @@ class LibvirtHost:
             disks=disks,
         )
 
-
     # ---- managed operations ---------------------------------------------------------------
     # One libvirt call each (or one stream), no guards: auditor.ops plans every operation and
     # checks it first. libvirt errors become the project's errors, naming the object and the fix.
@@ -460,6 +459,7 @@ class LibvirtHost:
                     return
         raise NotFound(f"domain {disk.domain} has no disk {disk.target}")
 
+
 def _block_sizes(st: dict[str, Any], running: bool) -> dict[str, tuple[int | None, int | None]]:
     """Target → (virtual size, disk size) from bulk stats, whose fields mean different things
     for running domains (physical = host allocation) and shut-off ones (allocation = host
@@ -541,7 +541,7 @@ _HINTS = (
     ("cannot open directory", "create the pool's storage first with `auditor pool build`"),
     ("Directory not empty", "the pool's folder still holds files"),
     ("does not support hotplugging", "attach to the definition with --config"),
-    ("write\" lock", "the image is in use by a running guest"),
+    ('write" lock', "the image is in use by a running guest"),
 )
 
 
