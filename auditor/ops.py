@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from auditor.analyze import analyze, full_size, ratio
@@ -46,9 +46,17 @@ from auditor.sizes import NewSize
 POOL_TYPES = ("dir", "fs", "netfs", "logical")
 VOLUME_FORMATS = ("raw", "qcow2")
 WIPE_ALGORITHMS = (
-    "zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7", "pfitzner33", "random",
+    "zero",
+    "nnsa",
+    "dod",
+    "bsi",
+    "gutmann",
+    "schneier",
+    "pfitzner7",
+    "pfitzner33",
+    "random",
     "trim",
-)  # fmt: skip
+)
 HEADERLESS = frozenset({"raw", "none", "", None})  # formats a wipe cannot break
 TARGET = re.compile(r"(vd|sd|hd|xvd)[a-z]+")
 BUS = {"vd": "virtio", "sd": "scsi", "hd": "ide", "xvd": "xen"}
@@ -164,9 +172,17 @@ class Detach:
 
 
 Request = (
-    PoolAction | DefinePool | CreateVolume | ResizeVolume | DeleteVolume | WipeVolume | Upload
-    | Download | Attach | Detach
-)  # fmt: skip
+    PoolAction
+    | DefinePool
+    | CreateVolume
+    | ResizeVolume
+    | DeleteVolume
+    | WipeVolume
+    | Upload
+    | Download
+    | Attach
+    | Detach
+)
 
 
 class StorageHost(HostSource, Protocol):
@@ -257,12 +273,12 @@ class Users:
     def any(self) -> bool:
         return bool(self.running or self.defined or self.overlays)
 
-    def who(self, *, running: bool = True) -> str:
-        """'running domain(s) a and defined domain(s) b and the overlay(s) p/c (...)'."""
+    def who(self) -> str:
+        """'running domain(s) a and defined domain(s) b and the overlay(s) backed by it: p/c'."""
         parts = [
             f"{label} {', '.join(names)}"
             for label, names in (
-                ("running domain(s)", self.running if running else ()),
+                ("running domain(s)", self.running),
                 ("defined domain(s)", self.defined),
                 ("the overlay(s) backed by it:", self.overlays),
             )
@@ -322,6 +338,15 @@ class View:
         raise NotFound(f"domain {name} not found", "see `virsh list --all`")
 
     def users(self, report: DiskReport) -> Users:
+        """Who references the volume; refused when a domain could not be read (the guards
+        would miss it)."""
+        for skip in self.summary.skips:
+            if skip.kind in ("domain", "host"):
+                raise OperationError(
+                    f"cannot tell which domains use {_label(report)}: {skip.kind} {skip.name} "
+                    f"could not be read ({skip.reason})",
+                    "retry; if it persists, check that domain with `virsh dumpxml`",
+                )
         path = report.disk.path
         domains = {d.name: d for d in self.summary.domains}
         running = tuple(n for n in report.used_by if n in domains and domains[n].active)
@@ -363,17 +388,12 @@ class Context:
 
     host: StorageHost
     probes: Probes
-    config: Config = field(default_factory=Config)
-    view: View | None = None
-
-    @property
-    def now(self) -> View:
-        if self.view is None:
-            raise AssertionError("use ops.context() to build a Context")
-        return self.view
+    config: Config
+    view: View
 
 
 def context(host: StorageHost, probes: Probes, config: Config | None = None) -> Context:
+    """The host as the audit sees it now (pools refreshed), with the policy."""
     return Context(host, probes, config or Config(), look(host, probes))
 
 
@@ -387,9 +407,11 @@ def _state(view: View, pool: str | None, volume: str | None) -> dict[str, Value]
         out[AUTOSTART] = "yes" if p.autostart else "no"
         if s is not None:
             out |= {
-                VOLUMES: s.volumes, PROVISIONED: s.provisioned,
-                RATIO: s.overcommit_ratio, USABLE: s.available,
-            }  # fmt: skip
+                VOLUMES: s.volumes,
+                PROVISIONED: s.provisioned,
+                RATIO: s.overcommit_ratio,
+                USABLE: s.available,
+            }
         if volume is not None and p.active:
             r = view.find(pool, volume)
             if r is not None:
@@ -426,7 +448,7 @@ class VolumeInfo:
 
 
 def volume_info(ctx: Context, pool: str, name: str) -> VolumeInfo:
-    view = ctx.now
+    view = ctx.view
     r = view.volume(pool, name)
     by_path = {d.disk.path: d for d in view.summary.disks}
     chain: list[str] = []
@@ -447,7 +469,7 @@ def _overcommit(
 ) -> tuple[int | None, float | None]:
     """(provisioned, ratio) after adding ``added`` bytes of virtual size; refuse above the
     pool's critical ratio unless ``force``."""
-    s = ctx.now.figures(pool)
+    s = ctx.view.figures(pool)
     if s is None or s.provisioned is None:
         return None, None
     after = s.provisioned + added
@@ -472,7 +494,7 @@ def _overcommit(
 
 def _free_space(ctx: Context, pool: str, need: int, what: str) -> int | None:
     """Usable free space after using ``need`` bytes; refuse if there is not enough."""
-    s = ctx.now.figures(pool)
+    s = ctx.view.figures(pool)
     usable = s.available if s is not None else None
     if usable is None:
         return None
@@ -548,7 +570,7 @@ def _call_create(spec: VolumeSpec, func: str) -> str:
 
 def plan_pool_define(ctx: Context, spec: PoolDefinition) -> Plan:
     """Define (not start, not build) a persistent pool."""
-    view = ctx.now
+    view = ctx.view
     if spec.type not in POOL_TYPES:
         raise ConfigError(
             f"pool type {spec.type!r} is not supported", f"use {', '.join(POOL_TYPES)}"
@@ -582,12 +604,14 @@ def plan_pool_define(ctx: Context, spec: PoolDefinition) -> Plan:
     source = ", ".join(
         f"{k} {v}"
         for k, v in (
-            ("host", spec.source_host), ("dir", spec.source_path),
-            ("devices", " ".join(spec.source_devices) or None), ("name", spec.source_name),
+            ("host", spec.source_host),
+            ("dir", spec.source_path),
+            ("devices", " ".join(spec.source_devices) or None),
+            ("name", spec.source_name),
             ("format", spec.source_format),
         )
         if v
-    )  # fmt: skip
+    )
     return Plan(
         action="pool define",
         subject=spec.name,
@@ -601,118 +625,143 @@ def plan_pool_define(ctx: Context, spec: PoolDefinition) -> Plan:
     )
 
 
-def plan_pool(ctx: Context, name: str, action: str, *, flag: bool = False) -> Plan:
-    """build (``flag``: also make the filesystem, only on an empty device), start, stop,
-    refresh, autostart (``flag``: on), delete, undefine."""
-    view = ctx.now
-    pool = view.pool(name)
-    before = _state(view, name, None)
-    notes: list[str] = []
-    confirm = ""
-    nothing = ""
-    after = dict(before)
-    order = [STATE, VOLUMES, PROVISIONED, RATIO, USABLE]
-    running, other = view.pool_users(name) if pool.active else ((), ())
-    if action == "build":
-        if pool.active:
-            raise OperationError(f"pool {name} is active", "build is for an inactive pool")
-        flag = flag or pool.type == "logical"
-        what = {
-            "dir": f"create the folder {pool.target_path}",
-            "netfs": f"create the mount point {pool.target_path}",
-            "fs": f"create the mount point {pool.target_path}"
-            + (
-                ", and make a filesystem on its device only if the device holds none"
-                if flag
-                else ""
-            ),
-            "logical": "create the volume group on its devices, only if they hold no data",
-        }.get(pool.type, f"build the {pool.type} pool's storage")
-        call = "virStoragePoolBuild(flags " + (
-            "VIR_STORAGE_POOL_BUILD_NO_OVERWRITE)" if flag else "0)"
-        )
-        summary = f"build pool {name}: {what}"
-        order = [STATE]
-    elif action == "start":
-        nothing = "already active" if pool.active else ""
-        call, summary = (
-            "virStoragePoolCreate(flags 0)",
-            f"start pool {name} (activate it and list its volumes)",
-        )
-        after[STATE] = "active"
-        order = [STATE, VOLUMES]
-    elif action == "stop":
-        nothing = "already inactive" if not pool.active else ""
-        call = "virStoragePoolDestroy()"
-        summary = (
-            f"stop pool {name} (libvirt's destroy): the pool goes inactive, its data stays "
-            f"intact; {before.get(VOLUMES) or 0} volume(s) stay in {pool.target_path}"
-        )
-        after[STATE] = "inactive"
-        order = [STATE, VOLUMES]
-        if running:
-            notes.append(
-                f"running domain(s) {_names(running)} use its volumes: they keep running, but "
-                "cannot be restarted until the pool is started again"
-                + ("" if pool.type == "dir" else "; unmounting fails while files are open")
-            )
-        if other:
-            notes.append(
-                f"domain(s) {_names(other)} use its volumes: they cannot start until the pool does"
-            )
-    elif action == "refresh":
-        view.active_pool(name)
-        call, summary = (
-            "virStoragePoolRefresh(flags 0)",
-            f"refresh pool {name} (re-read its volumes)",
-        )
-        notes.append("the figures before already come from a refresh")
-    elif action == "autostart":
-        nothing = "already " + ("on" if flag else "off") if pool.autostart == flag else ""
-        call = f"virStoragePoolSetAutostart({int(flag)})"
-        summary = f"turn autostart {'on' if flag else 'off'} for pool {name}"
-        after[AUTOSTART] = "yes" if flag else "no"
-        order = [AUTOSTART]
-    elif action == "delete":
-        _check_deletable(ctx, pool)
-        what = {
-            "dir": f"remove the empty folder {pool.target_path}",
-            "fs": f"remove the mount point {pool.target_path} (the device is left as it is)",
-            "netfs": f"remove the mount point {pool.target_path} (the export is left as it is)",
-        }.get(pool.type, "remove the pool's storage")
-        call, summary = "virStoragePoolDelete(flags 0)", f"delete pool {name}'s storage: {what}"
-        confirm = what
-        order = [STATE]
-    elif action == "undefine":
-        if pool.active:
-            raise OperationError(
-                f"pool {name} is active",
-                f"stop it first with `auditor pool stop {name}` (undefining an active pool "
-                "makes it transient)",
-            )
-        call, summary = (
-            "virStoragePoolUndefine()",
-            f"undefine pool {name}: libvirt forgets it, its data stays intact",
-        )
-        after[STATE] = None
-        order = [STATE]
-    else:
-        raise ConfigError(f"unknown pool action {action!r}")
+def _pool_plan(
+    view: View,
+    pool: Pool,
+    action: str,
+    summary: str,
+    call: str,
+    *,
+    flag: bool = False,
+    after: dict[str, Value] | None = None,
+    order: tuple[str, ...] = (STATE,),
+    notes: tuple[str, ...] = (),
+    confirm: str = "",
+) -> Plan:
+    before = _state(view, pool.name, None)
     return Plan(
         action=f"pool {action}",
-        subject=name,
-        summary=f"nothing to do: pool {name} is {nothing}" if nothing else summary,
-        call="" if nothing else call,
-        request=None if nothing else PoolAction(name, action, flag),
-        changes=() if nothing else _changes(before, after, order),
-        notes=tuple(notes),
+        subject=pool.name,
+        summary=summary,
+        call=call,
+        request=PoolAction(pool.name, action, flag),
+        changes=_changes(before, before | (after or {}), list(order)),
+        notes=notes,
         confirm=confirm,
-        pool=name,
+        pool=pool.name,
     )
 
 
-def _check_deletable(ctx: Context, pool: Pool) -> None:
-    """Delete only an inactive pool whose storage holds no volumes (checked on this host)."""
+def _nothing(pool: Pool, action: str, why: str) -> Plan:
+    return Plan(
+        f"pool {action}",
+        pool.name,
+        f"nothing to do: pool {pool.name} is {why}",
+        "",
+        None,
+        pool=pool.name,
+    )
+
+
+def _plan_build(ctx: Context, pool: Pool, mkfs: bool) -> Plan:
+    if pool.active:
+        raise OperationError(f"pool {pool.name} is active", "build is for an inactive pool")
+    no_overwrite = mkfs or pool.type == "logical"
+    what = {
+        "dir": f"create the folder {pool.target_path}",
+        "netfs": f"create the mount point {pool.target_path}",
+        "fs": f"create the mount point {pool.target_path}"
+        + (", and make a filesystem on the device only if it holds none" if mkfs else ""),
+        "logical": "create the volume group on its devices, only if they hold no data",
+    }.get(pool.type, f"build the {pool.type} pool's storage")
+    flags = "VIR_STORAGE_POOL_BUILD_NO_OVERWRITE" if no_overwrite else "0"
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "build",
+        f"build pool {pool.name}: {what}",
+        f"virStoragePoolBuild(flags {flags})",
+        flag=no_overwrite,
+    )
+
+
+def _plan_start(ctx: Context, pool: Pool, _flag: bool) -> Plan:
+    if pool.active:
+        return _nothing(pool, "start", "already active")
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "start",
+        f"start pool {pool.name} (activate it and list its volumes)",
+        "virStoragePoolCreate(flags 0)",
+        after={STATE: "active"},
+        order=(STATE, VOLUMES),
+    )
+
+
+def _plan_stop(ctx: Context, pool: Pool, _flag: bool) -> Plan:
+    if not pool.active:
+        return _nothing(pool, "stop", "already inactive")
+    running, other = ctx.view.pool_users(pool.name)
+    notes = []
+    if running:
+        notes.append(
+            f"running domain(s) {_names(running)} use its volumes: they keep running but "
+            "cannot start again until the pool does"
+            + ("" if pool.type == "dir" else "; unmounting fails while files are open")
+        )
+    if other:
+        notes.append(
+            f"domain(s) {_names(other)} use its volumes: they cannot start until the pool does"
+        )
+    count = _state(ctx.view, pool.name, None).get(VOLUMES) or 0
+    summary = (
+        f"stop pool {pool.name} (libvirt's destroy): the pool goes inactive and its data stays "
+        f"intact; its {count} volume(s) stay in {pool.target_path}"
+    )
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "stop",
+        summary,
+        "virStoragePoolDestroy()",
+        after={STATE: "inactive"},
+        order=(STATE, VOLUMES),
+        notes=tuple(notes),
+    )
+
+
+def _plan_refresh(ctx: Context, pool: Pool, _flag: bool) -> Plan:
+    ctx.view.active_pool(pool.name)
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "refresh",
+        f"refresh pool {pool.name} (re-read its volumes)",
+        "virStoragePoolRefresh(flags 0)",
+        order=(VOLUMES, PROVISIONED, RATIO, USABLE),
+        notes=("the figures before already come from a refresh",),
+    )
+
+
+def _plan_autostart(ctx: Context, pool: Pool, on: bool) -> Plan:
+    word = "on" if on else "off"
+    if pool.autostart == on:
+        return _nothing(pool, "autostart", f"already autostart {word}")
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "autostart",
+        f"turn autostart {word} for pool {pool.name}",
+        f"virStoragePoolSetAutostart({int(on)})",
+        flag=on,
+        after={AUTOSTART: "yes" if on else "no"},
+        order=(AUTOSTART,),
+    )
+
+
+def _plan_delete(ctx: Context, pool: Pool, _flag: bool) -> Plan:
+    """Only an inactive pool whose storage holds no files (checked on this host)."""
     if pool.active:
         raise OperationError(
             f"pool {pool.name} is active", f"stop it first with `auditor pool stop {pool.name}`"
@@ -721,19 +770,64 @@ def _check_deletable(ctx: Context, pool: Pool) -> None:
         raise OperationError(
             f"pool {pool.name}: cannot tell whether the inactive {pool.type} pool still holds "
             "volumes",
-            "start it, delete its volumes with `auditor vol delete`, then stop and delete it "
-            "on the host itself",
+            "start it, delete its volumes with `auditor vol delete`, then stop it and delete "
+            "its storage on the host itself",
         )
-    files, _ = (
-        ctx.probes.fs.list_files([pool.target_path])
-        if os.path.isdir(pool.target_path)
-        else ([], [])
-    )
-    if files:
+    found, _ = ctx.probes.fs.list_files([pool.target_path])
+    if found:
         raise OperationError(
-            f"pool {pool.name} still holds {len(files)} file(s) in {pool.target_path}",
+            f"pool {pool.name} still holds {len(found)} file(s) in {pool.target_path}",
             "delete its volumes first (start the pool, `auditor vol delete`)",
         )
+    what = {
+        "dir": f"the empty folder {pool.target_path}",
+        "fs": f"the mount point {pool.target_path} (the device is left as it is)",
+        "netfs": f"the mount point {pool.target_path} (the export is left as it is)",
+    }[pool.type]
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "delete",
+        f"delete pool {pool.name}'s storage: remove {what}",
+        "virStoragePoolDelete(flags 0)",
+        confirm=what,
+    )
+
+
+def _plan_undefine(ctx: Context, pool: Pool, _flag: bool) -> Plan:
+    if pool.active:
+        raise OperationError(
+            f"pool {pool.name} is active",
+            f"stop it first with `auditor pool stop {pool.name}` (undefining an active pool "
+            "makes it transient)",
+        )
+    return _pool_plan(
+        ctx.view,
+        pool,
+        "undefine",
+        f"undefine pool {pool.name}: libvirt forgets it, its data stays intact",
+        "virStoragePoolUndefine()",
+        after={STATE: None},
+    )
+
+
+POOL_ACTIONS: dict[str, Callable[[Context, Pool, bool], Plan]] = {
+    "build": _plan_build,
+    "start": _plan_start,
+    "stop": _plan_stop,
+    "refresh": _plan_refresh,
+    "autostart": _plan_autostart,
+    "delete": _plan_delete,
+    "undefine": _plan_undefine,
+}
+
+
+def plan_pool(ctx: Context, name: str, action: str, *, flag: bool = False) -> Plan:
+    """One of POOL_ACTIONS. ``flag``: build also makes the filesystem (fs pools, only on a
+    device holding none); autostart turns it on (off without)."""
+    if action not in POOL_ACTIONS:
+        raise ConfigError(f"unknown pool action {action!r}", f"use {', '.join(POOL_ACTIONS)}")
+    return POOL_ACTIONS[action](ctx, ctx.view.pool(name), flag)
 
 
 # ---- volume plans ----------------------------------------------------------------------------
@@ -759,7 +853,7 @@ def plan_create(
 ) -> Plan:
     """A new volume: thin (sparse / preallocation=off) or preallocated (falloc); a qcow2
     overlay when ``backing`` ("POOL/VOLUME") is given."""
-    view = ctx.now
+    view = ctx.view
     view.active_pool(pool)
     _fresh_name(view, pool, name)
     fmt = fmt or ("qcow2" if backing else "raw")
@@ -801,25 +895,56 @@ def plan_create(
         capacity = -(-capacity // 1024) * 1024
         notes.append(f"libvirt makes a qcow2 in whole KiB: its virtual size is {human(capacity)}")
     need = full_size(fmt, capacity) if preallocated else 0
-    before = _state(view, pool, name)
-    after = dict(before)
-    after[USABLE] = (
-        _free_space(ctx, pool, need, f"a preallocated {fmt} volume") if need else before.get(USABLE)
+    summary = f"create a {iec(capacity)} {fmt} volume {name} in pool {pool}, {words}" + (
+        f", over backing image {backing}" if backing else ""
     )
-    after[PROVISIONED], after[RATIO] = _overcommit(ctx, pool, capacity, force, notes)
-    after |= {VIRTUAL: capacity, DISK: need if preallocated else (0 if fmt == "raw" else None)}
-    after[VOLUMES] = _plus(before.get(VOLUMES), 1)
+    disk = need if preallocated else (0 if fmt == "raw" else None)
+    return _new_volume(
+        ctx,
+        "vol create",
+        spec,
+        summary,
+        (capacity, disk),
+        (need, f"a preallocated {fmt} volume"),
+        force,
+        notes,
+    )
+
+
+def _new_volume(
+    ctx: Context,
+    action: str,
+    spec: VolumeSpec,
+    summary: str,
+    sizes: tuple[int, int | None],
+    need: tuple[int, str],
+    force: bool,
+    notes: list[str],
+    request: Request | None = None,
+    transfer: int | None = None,
+) -> Plan:
+    """The plan of a new volume of (virtual, disk) ``sizes`` that needs ``need`` bytes of
+    free space (for what), after the free space and overcommit guards."""
+    before = _state(ctx.view, spec.pool, spec.name)
+    after = dict(before) | {VIRTUAL: sizes[0], DISK: sizes[1]}
+    if need[0]:
+        after[USABLE] = _free_space(ctx, spec.pool, *need)
+    after[PROVISIONED], after[RATIO] = _overcommit(ctx, spec.pool, sizes[0], force, notes)
+    func = "virStorageVolCreateXMLFrom" if spec.source else "virStorageVolCreateXML"
+    call = _call_create(spec, func)
+    if isinstance(request, Upload):
+        call += "; virStorageVolUpload(offset 0, length 0, VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)"
     return Plan(
-        action="vol create",
-        subject=f"{pool}/{name}",
-        summary=f"create a {iec(capacity)} {fmt} volume {name} in pool {pool}, {words}"
-        + (f", over backing image {backing}" if backing else ""),
-        call=_call_create(spec, "virStorageVolCreateXML"),
-        request=CreateVolume(spec),
+        action=action,
+        subject=f"{spec.pool}/{spec.name}",
+        summary=summary,
+        call=call,
+        request=request or CreateVolume(spec),
         changes=_changes(before, after, [VIRTUAL, DISK, PROVISIONED, RATIO, USABLE]),
         notes=tuple(notes),
-        pool=pool,
-        volume=name,
+        pool=spec.pool,
+        volume=spec.name,
+        transfer=transfer,
     )
 
 
@@ -840,7 +965,7 @@ def plan_clone(
 ) -> Plan:
     """A copy of ``source`` in the same pool; thin skips zero blocks. By default the clone
     keeps the source's format and provisioning."""
-    view = ctx.now
+    view = ctx.view
     src = view.volume(pool, source)
     _fresh_name(view, pool, name)
     fmt = fmt or src.disk.format or "raw"
@@ -872,26 +997,15 @@ def plan_clone(
     )
     data = src.disk.disk_size or 0
     need = full_size(fmt, capacity) if preallocated else (0 if reflink else data)
-    before = _state(view, pool, name)
-    after = dict(before)
     what = f"a preallocated {fmt} clone" if preallocated else f"copying up to {iec(data)} of data"
-    after[USABLE] = _free_space(ctx, pool, need, what) if need else before.get(USABLE)
-    after[PROVISIONED], after[RATIO] = _overcommit(ctx, pool, capacity, force, notes)
-    after |= {VIRTUAL: capacity, DISK: need if preallocated else None}
-    return Plan(
-        action="vol clone",
-        subject=f"{pool}/{name}",
-        summary=f"clone {pool}/{source} ({src.disk.format}, {iec(capacity)}) to {fmt} volume "
-        f"{name}, {words}"
+    summary = (
+        f"clone {pool}/{source} ({src.disk.format}, {iec(capacity)}) to {fmt} volume {name}, "
+        + words
         + (" with shared blocks (reflink)" if reflink else "")
-        + ("; zero blocks are skipped" if not preallocated else ""),
-        call=_call_create(spec, "virStorageVolCreateXMLFrom"),
-        request=CreateVolume(spec),
-        changes=_changes(before, after, [VIRTUAL, DISK, PROVISIONED, RATIO, USABLE]),
-        notes=tuple(notes),
-        pool=pool,
-        volume=name,
+        + ("" if preallocated else "; zero blocks are skipped")
     )
+    sizes = (capacity, need if preallocated else None)
+    return _new_volume(ctx, "vol clone", spec, summary, sizes, (need, what), force, notes)
 
 
 def plan_resize(
@@ -905,7 +1019,7 @@ def plan_resize(
     force: bool = False,
 ) -> Plan:
     """Grow (live through the domain when a running one has it as a disk) or shrink."""
-    view = ctx.now
+    view = ctx.view
     r = view.volume(pool, name)
     current, disk = r.disk.virtual_size, r.disk.disk_size or 0
     if current is None:
@@ -916,8 +1030,15 @@ def plan_resize(
     before = _state(view, pool, name)
     subject = f"{pool}/{name}"
     if new == current:
-        return Plan("vol resize", subject, f"nothing to do: {subject} is already {human(new)}",
-                    "", None, pool=pool, volume=name)  # fmt: skip
+        return Plan(
+            "vol resize",
+            subject,
+            f"nothing to do: {subject} is already {human(new)}",
+            "",
+            None,
+            pool=pool,
+            volume=name,
+        )
     notes: list[str] = []
     after = dict(before) | {VIRTUAL: new}
     confirm = ""
@@ -946,7 +1067,8 @@ def plan_resize(
         if len(users.attached) > 1 or (users.running and not users.attached):
             raise InUse(
                 f"resize refused: volume {subject} is used by running domain(s) "
-                f"{_names(users.running)}" + ("" if users.attached else " as a backing image"),
+                f"{_names(users.running)}"
+                + ("" if users.attached else " (read-only, or as a backing image)"),
                 "shut them down first",
             )
         if users.attached:
@@ -1002,7 +1124,7 @@ def plan_resize(
 
 
 def plan_delete(ctx: Context, pool: str, name: str, *, force: bool = False) -> Plan:
-    view = ctx.now
+    view = ctx.view
     r = view.volume(pool, name)
     users = _in_use(view, r, "delete", force=force, defined_too=True)
     notes = [f"--force: in use by {users.who()}"] if users.any else []
@@ -1039,7 +1161,7 @@ def plan_wipe(
     destroy_format: bool = False,
     force: bool = False,
 ) -> Plan:
-    view = ctx.now
+    view = ctx.view
     r = view.volume(pool, name)
     if algorithm not in WIPE_ALGORITHMS:
         raise ConfigError(
@@ -1094,7 +1216,7 @@ def local_file(path: str) -> tuple[int, int]:
 
 def plan_upload(ctx: Context, pool: str, name: str, file: str, *, force: bool = False) -> Plan:
     """A new volume holding ``file``, sent as a sparse stream: holes stay holes."""
-    view = ctx.now
+    view = ctx.view
     view.active_pool(pool)
     _fresh_name(view, pool, name)
     size, data = local_file(file)
@@ -1104,29 +1226,30 @@ def plan_upload(ctx: Context, pool: str, name: str, file: str, *, force: bool = 
     for _, res in ctx.probes.images([(os.path.abspath(file), None)]):
         if not isinstance(res, Exception):
             virtual, fmt = res.virtual_size, res.format
-    notes = [f"the file is a {fmt} image of {human(virtual)} virtual size" if fmt != "raw" else
-             "the file is raw"]  # fmt: skip
+    notes = []
     if fmt != "raw":
-        notes.append("libvirt detects the image format from the content once the upload is done")
-    before = _state(view, pool, name)
-    after = dict(before) | {VIRTUAL: virtual, DISK: data}
-    after[USABLE] = _free_space(ctx, pool, data, f"the {iec(data)} of data in {file}")
-    after[PROVISIONED], after[RATIO] = _overcommit(ctx, pool, virtual, force, notes)
+        notes.append(
+            f"the file is a {fmt} image of {human(virtual)} virtual size; libvirt detects the "
+            "format from the content once the upload is done"
+        )
     spec = VolumeSpec(pool, name, size, "raw", 0)
-    subject = f"{pool}/{name}"
-    return Plan(
-        action="vol upload",
-        subject=subject,
-        summary=f"create volume {subject} ({human(size)}, sparse) and upload {file} into it "
-        f"as a sparse stream ({human(data)} of data; holes stay holes)",
-        call=_call_create(spec, "virStorageVolCreateXML")
-        + "; virStorageVolUpload(offset 0, length 0, VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)",
-        request=Upload(spec, os.path.abspath(file)),
+    summary = (
+        f"create volume {pool}/{name} ({human(size)}, sparse) and upload {file} into it as a "
+        f"sparse stream ({human(data)} of data; holes stay holes)"
+    )
+    request = Upload(spec, os.path.abspath(file))
+    need = (data, f"the {iec(data)} of data in {file}")
+    return _new_volume(
+        ctx,
+        "vol upload",
+        spec,
+        summary,
+        (virtual, data),
+        need,
+        force,
+        notes,
+        request,
         transfer=size,
-        changes=_changes(before, after, [VIRTUAL, DISK, PROVISIONED, RATIO, USABLE]),
-        notes=tuple(notes),
-        pool=pool,
-        volume=name,
     )
 
 
@@ -1134,7 +1257,7 @@ def plan_download(
     ctx: Context, pool: str, name: str, file: str, *, overwrite: bool = False
 ) -> Plan:
     """Copy a volume's content into a local file, holes kept (sparse stream)."""
-    view = ctx.now
+    view = ctx.view
     r = view.volume(pool, name)
     path = os.path.abspath(file)
     exists = os.path.lexists(path)
@@ -1220,7 +1343,7 @@ def plan_attach(
     config: bool = False,
 ) -> Plan:
     """Give ``domain`` the volume "POOL/VOLUME" as a ``<disk type='volume'>``."""
-    view = ctx.now
+    view = ctx.view
     dom = view.domain(domain)
     pool, name = _volume_ref(volume)
     r = view.volume(pool, name)
@@ -1272,7 +1395,7 @@ def plan_detach(
     ctx: Context, domain: str, volume: str, *, live: bool = False, config: bool = False
 ) -> Plan:
     """Take the disk that is volume "POOL/VOLUME" away from ``domain``."""
-    view = ctx.now
+    view = ctx.view
     dom = view.domain(domain)
     pool, name = _volume_ref(volume)
     r = view.volume(pool, name)
@@ -1359,7 +1482,7 @@ def apply(
 
 
 def _measure(plan: Plan, ctx: Context, done: str) -> Outcome:
-    view = ctx.now
+    view = ctx.view
     notes: list[str] = []
     defined = plan.action != "pool undefine"
     now = _state(view, plan.pool, plan.volume) if plan.pool and defined else {}

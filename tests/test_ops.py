@@ -25,7 +25,7 @@ from auditor import ops
 from auditor.adapters import localfs, qemu_img
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.collect import Probes
-from auditor.errors import OperationError
+from auditor.errors import InUse, OperationError
 from auditor.sizes import NewSize
 
 MiB = 1 << 20
@@ -634,5 +634,5 @@ def test_resize_api_refuses_a_backing_image_of_a_running_domain_without_touching
               lambda f: qcow2(f, "64M", "-b", str(base), "-F", "qcow2"))  # fmt: skip
     guests(file_disk(top, "qcow2", "vda"), running=True)
     ctx = ops.context(host, PROBES)
-    with pytest.raises(Exception, match="as a backing image"):
+    with pytest.raises(InUse, match="as a backing image"):
         ops.plan_resize(ctx, scratch_pool.name, "base.qcow2", NewSize(MiB, delta=True))

@@ -7,6 +7,7 @@ The test driver reports every pool as 100 GiB; `images` holds 61 GiB of virtual 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from auditor.adapters.libvirt import LibvirtHost
 from auditor.collect import Probes
 from auditor.config import parse
 from auditor.errors import ConfigError, InUse, NotFound, OperationError, PolicyError
+from auditor.models import Skip
 from auditor.sizes import NewSize
 
 HOST = Path(__file__).parent / "data" / "ops-host.xml"
@@ -129,6 +131,15 @@ def test_in_use_guards(ctx: ops.Context) -> None:
         assert any("vm-off" in n for n in forced.notes)
     with pytest.raises(InUse, match="vm-running"):
         ops.plan_resize(ctx, "images", "thin.qcow2", NewSize(GiB), shrink=True)
+
+
+def test_guards_refuse_when_a_domain_could_not_be_read(ctx: ops.Context) -> None:
+    summary = replace(ctx.view.summary, skips=(Skip("vm", "domain", "ghost", "gone"),))
+    blind = replace(ctx, view=replace(ctx.view, summary=summary))
+    with pytest.raises(OperationError, match="domain ghost could not be read"):
+        ops.plan_delete(blind, "images", "spare.raw")
+    with pytest.raises(OperationError, match="ghost"):
+        ops.plan_attach(blind, "vm-off", "images/spare.raw")
 
 
 def test_running_disk_grows_through_the_domain(ctx: ops.Context) -> None:
