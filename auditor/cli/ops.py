@@ -201,7 +201,7 @@ def pool() -> None:
 def pool_list(app: App, fmt: str) -> int:
     """One row per pool, active or not, with its overcommit ratio."""
     with _context(app) as ctx:
-        summary = ctx.now.summary
+        summary = ctx.view.summary
         rows = [pool_row(s) for s in summary.pools if s.type not in ("shared-fs", "unmanaged")]
         return emit("pools", rows, POOL_LIST_COLUMNS, fmt, summary)
 
@@ -214,8 +214,8 @@ def pool_list(app: App, fmt: str) -> int:
 def pool_info(app: App, name: str, fmt: str, config_path: str | None) -> None:
     """Everything the audit knows about one pool, with its thresholds."""
     with _context(app, config_path) as ctx:
-        p = ctx.now.pool(name)
-        s = ctx.now.figures(name)
+        p = ctx.view.pool(name)
+        s = ctx.view.figures(name)
         doc = pool_row(s) if s is not None else {"pool": name}
         limits = ctx.config.for_pool(name)
         doc |= {
