@@ -400,9 +400,9 @@ def context(host: StorageHost, probes: Probes, config: Config | None = None) -> 
 def _state(view: View, pool: str | None, volume: str | None) -> dict[str, Value]:
     """The figures an operation may change, as the view has them now."""
     out: dict[str, Value] = {}
-    if pool is not None:
-        p = view.pool(pool)
-        s = view.figures(pool)
+    p = next((p for p in view.inventory.pools if p.name == pool), None)
+    if p is not None:
+        s = view.figures(p.name)
         out[STATE] = "active" if p.active else p.state
         out[AUTOSTART] = "yes" if p.autostart else "no"
         if s is not None:
@@ -413,7 +413,7 @@ def _state(view: View, pool: str | None, volume: str | None) -> dict[str, Value]
                 USABLE: s.available,
             }
         if volume is not None and p.active:
-            r = view.find(pool, volume)
+            r = view.find(p.name, volume)
             if r is not None:
                 out |= {VIRTUAL: r.disk.virtual_size, DISK: r.disk.disk_size}
     return out
@@ -1484,8 +1484,7 @@ def apply(
 def _measure(plan: Plan, ctx: Context, done: str) -> Outcome:
     view = ctx.view
     notes: list[str] = []
-    defined = plan.action != "pool undefine"
-    now = _state(view, plan.pool, plan.volume) if plan.pool and defined else {}
+    now = _state(view, plan.pool, plan.volume)
     if isinstance(plan.request, Download):
         size, data = local_file(plan.request.file)
         now |= {FILE_SIZE: size, FILE_DATA: data}

@@ -453,6 +453,35 @@ def test_pool_life_cycle(libvirt_conn: libvirt.virConnect, workspace: Workspace)
         testbed.remove_pool(libvirt_conn, name)
 
 
+def test_fs_pool_mkfs_only_on_an_empty_device(
+    libvirt_conn: libvirt.virConnect, workspace: Workspace
+) -> None:
+    name, target, image = (f"{workspace.prefix}fs", workspace.root / "fs-mnt",
+                           workspace.root / "fs-dev.img")  # fmt: skip
+    image.write_bytes(b"")
+    os.truncate(image, 64 * MiB)
+    argv = ["losetup", "--find", "--show", str(image)]
+    device = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        ok("pool", "define", name, "--type", "fs", "--target", str(target),
+           "--source-dev", device, "--source-format", "ext4")  # fmt: skip
+        ok("pool", "build", name, "--mkfs")
+        blkid = ["blkid", "-o", "value", "-s", "TYPE", device]
+        assert subprocess.run(blkid, capture_output=True, text=True).stdout.strip() == "ext4"
+        ok("pool", "start", name)
+        ok("vol", "create", name, "keep.raw", "4M")
+        msg = refused("vol", "create", name, "fat.raw", "100M", "--preallocated", "--force")
+        assert "usable" in msg  # the 64 MiB filesystem cannot hold it: refused, not ENOSPC
+        ok("pool", "stop", name)
+        assert "already formatted" in refused("pool", "build", name, "--mkfs")
+        ok("pool", "start", name)
+        pool = libvirt_conn.storagePoolLookupByName(name)
+        assert "keep.raw" in pool.listVolumes()  # the second build overwrote nothing
+    finally:
+        testbed.remove_pool(libvirt_conn, name)
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
 # ---- guards with domains ---------------------------------------------------------------------
 
 

@@ -357,7 +357,8 @@ class LibvirtHost:
             else:
                 handle.createXMLFrom(xml, source, flags)
         except libvirt.libvirtError as exc:
-            self._remove_partial(handle, spec.name)
+            if exc.get_error_code() != libvirt.VIR_ERR_STORAGE_VOL_EXIST:  # made meanwhile
+                self._remove_partial(handle, spec.name)
             if spec.reflink and "not supported" in _msg(exc):
                 raise OperationError(
                     f"pool {spec.pool}: its filesystem cannot reflink ({_msg(exc)})",
@@ -540,6 +541,7 @@ _HINTS = (
     ("'trim' algorithm not supported", "use --algorithm zero"),
     ("cannot open directory", "create the pool's storage first with `auditor pool build`"),
     ("Directory not empty", "the pool's folder still holds files"),
+    ("already formatted", "the filesystem and its data are kept: start the pool"),
     ("does not support hotplugging", "attach to the definition with --config"),
     ('write" lock', "the image is in use by a running guest"),
 )

@@ -19,7 +19,7 @@ from auditor.adapters.libvirt import LibvirtHost
 from auditor.cli.common import App, config_option, emit, format_option, group
 from auditor.config import load
 from auditor.ops import Change, Context, Outcome, Plan, Progress
-from auditor.report.rows import pool_row, volume_row
+from auditor.report.rows import SIZE_COLUMNS, pool_row, volume_row
 from auditor.sizes import parse_resize, parse_size
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,14 +56,15 @@ def yes_option(what: str) -> Callable[[F], F]:
 
 
 @contextmanager
-def _context(app: App, config_path: str | None = None) -> Iterator[Context]:
-    """A read-write connection to the one host, the policy, and what the audit sees now."""
+def _context(app: App, config_path: str | None = None, *, write: bool = True) -> Iterator[Context]:
+    """A connection to the one host (read-write unless only reading), the policy, and what the
+    audit sees now."""
     if len(app.uris) > 1:
         raise click.UsageError("pool and vol commands act on one host: give one --connect")
-    if app.read_only:
-        raise click.UsageError("--read-only: pool and vol commands need a read-write connection")
+    if write and app.read_only:
+        raise click.UsageError("--read-only: this command needs a read-write connection")
     policy = load(config_path)
-    with LibvirtHost.connect(app.uris[0], write=True) as host:
+    with LibvirtHost.connect(app.uris[0], write=write, read_only=app.read_only) as host:
         yield ops.context(host, app.probes, policy)
 
 
@@ -158,21 +159,7 @@ def _key_values(doc: dict[str, Any], fmt: str) -> None:
         click.echo(f"{key:<{width}}  {value}")
 
 
-SIZE_KEYS = frozenset(
-    {
-        "virtual_size",
-        "disk_size",
-        "physical",
-        "growth",
-        "capacity",
-        "allocation",
-        "available",
-        "provisioned",
-        "used",
-        "exposure",
-        "pool_available",
-    }
-)
+SIZE_KEYS = SIZE_COLUMNS | {"pool_available"}
 
 
 def _info_format(f: F) -> F:
@@ -200,7 +187,7 @@ def pool() -> None:
 @click.pass_obj
 def pool_list(app: App, fmt: str) -> int:
     """One row per pool, active or not, with its overcommit ratio."""
-    with _context(app) as ctx:
+    with _context(app, write=False) as ctx:
         summary = ctx.view.summary
         rows = [pool_row(s) for s in summary.pools if s.type not in ("shared-fs", "unmanaged")]
         return emit("pools", rows, POOL_LIST_COLUMNS, fmt, summary)
@@ -213,7 +200,7 @@ def pool_list(app: App, fmt: str) -> int:
 @click.pass_obj
 def pool_info(app: App, name: str, fmt: str, config_path: str | None) -> None:
     """Everything the audit knows about one pool, with its thresholds."""
-    with _context(app, config_path) as ctx:
+    with _context(app, config_path, write=False) as ctx:
         p = ctx.view.pool(name)
         s = ctx.view.figures(name)
         doc = pool_row(s) if s is not None else {"pool": name}
@@ -373,7 +360,7 @@ def vol() -> None:
 def vol_info(app: App, pool_name: str, name: str, fmt: str) -> None:
     """Everything the audit knows about one volume: sizes, provisioning, growth, backing
     chain, users."""
-    with _context(app) as ctx:
+    with _context(app, write=False) as ctx:
         info = ops.volume_info(ctx, pool_name, name)
         doc = volume_row(info.report) | {
             "backing_chain": list(info.chain),
