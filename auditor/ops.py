@@ -1491,7 +1491,7 @@ def _measure(plan: Plan, ctx: Context, done: str) -> Outcome:
     if plan.domain is not None:
         now[TARGETS] = ", ".join(sorted(ctx.host.domain_targets(plan.domain))) or "none"
         wanted = next((c.after for c in plan.changes if c.what == TARGETS), None)
-        if now[TARGETS] != wanted:
+        if isinstance(plan.request, Detach) and now[TARGETS] != wanted:
             notes.append(
                 "the guest has not released the disk yet: libvirt detaches it once it does"
             )

@@ -425,7 +425,7 @@ def test_pool_stop_keeps_every_file_and_start_brings_the_volumes_back(
 
 
 def test_pool_life_cycle(libvirt_conn: libvirt.virConnect, workspace: Workspace) -> None:
-    name, target = f"{workspace.prefix}cycle", workspace.root / "cycle"
+    name, target = f"{workspace.prefix}opscycle", workspace.root / "ops-cycle"
     try:
         ok("pool", "define", name, "--type", "dir", "--target", str(target))
         pool = libvirt_conn.storagePoolLookupByName(name)
@@ -456,8 +456,8 @@ def test_pool_life_cycle(libvirt_conn: libvirt.virConnect, workspace: Workspace)
 def test_fs_pool_mkfs_only_on_an_empty_device(
     libvirt_conn: libvirt.virConnect, workspace: Workspace
 ) -> None:
-    name, target, image = (f"{workspace.prefix}fs", workspace.root / "fs-mnt",
-                           workspace.root / "fs-dev.img")  # fmt: skip
+    name, target, image = (f"{workspace.prefix}opsfs", workspace.root / "ops-fs-mnt",
+                           workspace.root / "ops-fs-dev.img")  # fmt: skip
     image.write_bytes(b"")
     os.truncate(image, 64 * MiB)
     argv = ["losetup", "--find", "--show", str(image)]
