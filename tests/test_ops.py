@@ -345,6 +345,24 @@ def test_sparse_upload_download_round_trip(
     assert "already exists" in refused("vol", "upload", scratch_pool.name, "up.raw", str(src))
 
 
+def test_progress_counts_every_byte_holes_included(
+    scratch_pool: PoolSpec, host: LibvirtHost, tmp_path: Path
+) -> None:
+    src = tmp_path / "islands.img"
+    islands(src, 64 * MiB)
+    seen: list[int] = []
+    ctx = ops.context(host, PROBES)
+    plan = ops.plan_upload(ctx, scratch_pool.name, "up.raw", str(src))
+    assert plan.transfer == 64 * MiB
+    ops.apply(plan, ctx, progress=seen.append)
+    assert sum(seen) == 64 * MiB
+    seen.clear()
+    ctx = ops.context(host, PROBES)
+    ops.apply(ops.plan_download(ctx, scratch_pool.name, "up.raw", str(tmp_path / "d")), ctx,
+              progress=seen.append)  # fmt: skip
+    assert sum(seen) == 64 * MiB and (tmp_path / "d").read_bytes() == src.read_bytes()
+
+
 def test_upload_of_a_qcow2_file_keeps_its_format(
     scratch_pool: PoolSpec, libvirt_conn: libvirt.virConnect, tmp_path: Path
 ) -> None:
