@@ -97,6 +97,11 @@ def emit(
         if skips:
             click.echo(f"\nSkipped ({len(skips)}):")
             click.echo(table.render(skips, SKIP_COLUMNS))
+    return warn(summary)
+
+
+def warn(summary: Summary) -> int:
+    """Notices and skipped items on stderr; the exit code they imply."""
     for notice in summary.notices:
         click.echo(f"auditor: note: {notice}", err=True)
     for s in summary.skips:

@@ -13,10 +13,10 @@ import click
 
 from auditor import nightly
 from auditor.analyze import analyze
-from auditor.cli.common import App, F, config_option, format_option, refresh_option
+from auditor.cli.common import App, F, config_option, format_option, refresh_option, warn
 from auditor.collect import collect
 from auditor.config import load
-from auditor.errors import EXIT_OK, EXIT_PARTIAL
+from auditor.errors import EXIT_OK
 from auditor.history import SERIES_COLUMNS, History, parse_since, parse_time
 from auditor.models import Summary
 from auditor.report import table
@@ -61,15 +61,6 @@ def _collect(app: App, at: datetime | None, no_refresh: bool) -> Summary:
     return replace(summary, collected_at=at) if at else summary
 
 
-def _warn(summary: Summary) -> int:
-    """Notices and skipped items on stderr; the exit code they imply."""
-    for notice in summary.notices:
-        click.echo(f"auditor: note: {notice}", err=True)
-    for s in summary.skips:
-        click.echo(f"auditor: skipped {s.kind} {s.name} on {s.host}: {s.reason}", err=True)
-    return EXIT_PARTIAL if summary.skips else EXIT_OK
-
-
 @click.command()
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -103,7 +94,7 @@ def report(
         click.echo(f"{len(problems)} over a threshold: {names}")
     else:
         click.echo("no pool over a threshold")
-    return _warn(summary)
+    return warn(summary)
 
 
 @click.command()
@@ -120,7 +111,7 @@ def snapshot(app: App, history_path: Path, at: datetime | None, no_refresh: bool
         f"snapshot {sid}: {len(summary.pools)} pools, {len(summary.disks)} volumes "
         f"at {summary.collected_at.isoformat()} in {history_path}"
     )
-    return _warn(summary)
+    return warn(summary)
 
 
 @click.command()
