@@ -6,6 +6,7 @@ cannot report), never zero.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -213,3 +214,49 @@ class Summary:
     skips: tuple[Skip, ...] = ()
     notices: tuple[str, ...] = ()
     domains: tuple[Domain, ...] = field(default=(), repr=False)
+
+
+# ---- requests for managed operations, handed to the libvirt adapter as plain values ----
+
+Progress = Callable[[int], None]  # called with the bytes just transferred
+
+
+@dataclass(frozen=True)
+class PoolDefinition:
+    name: str
+    type: str  # dir, fs, netfs, logical
+    target: str
+    source_host: str | None = None  # netfs server
+    source_path: str | None = None  # netfs export
+    source_devices: tuple[str, ...] = ()  # fs: the device; logical: physical volumes
+    source_name: str | None = None  # logical: volume group name
+    source_format: str | None = None  # fs: ext4, xfs, auto; netfs: nfs, auto, cifs; logical: lvm2
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A volume to create (or to clone from ``source`` in the same pool)."""
+
+    pool: str
+    name: str
+    capacity: int
+    format: str
+    allocation: int | None  # None: <allocation> left out
+    prealloc_metadata: bool = False  # VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
+    backing: tuple[str, str] | None = None  # (path, format) of the backing image
+    source: str | None = None  # clone: the volume copied
+    reflink: bool = False  # VIR_STORAGE_VOL_CREATE_REFLINK
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A ``<disk type='volume'>`` of a domain."""
+
+    domain: str
+    pool: str
+    volume: str
+    format: str
+    target: str
+    bus: str
+    live: bool  # neither live nor config: libvirt's "current" (live if running, else config)
+    config: bool

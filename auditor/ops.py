@@ -32,13 +32,17 @@ from auditor.errors import ConfigError, InUse, NotFound, OperationError, PolicyE
 from auditor.interfaces import HostSource
 from auditor.models import (
     DiskReport,
+    DiskSpec,
     Domain,
     HostInventory,
     Inventory,
     Pool,
+    PoolDefinition,
     PoolSummary,
+    Progress,
     Provisioning,
     Summary,
+    VolumeSpec,
 )
 from auditor.report.table import iec
 from auditor.sizes import NewSize
@@ -60,51 +64,6 @@ WIPE_ALGORITHMS = (
 HEADERLESS = frozenset({"raw", "none", "", None})  # formats a wipe cannot break
 TARGET = re.compile(r"(vd|sd|hd|xvd)[a-z]+")
 BUS = {"vd": "virtio", "sd": "scsi", "hd": "ide", "xvd": "xen"}
-
-Progress = Callable[[int], None]  # called with the bytes just transferred
-
-# ---- requests: what apply executes, handed to the adapter as plain values -------------------
-
-
-@dataclass(frozen=True)
-class PoolDefinition:
-    name: str
-    type: str  # dir, fs, netfs, logical
-    target: str
-    source_host: str | None = None  # netfs server
-    source_path: str | None = None  # netfs export
-    source_devices: tuple[str, ...] = ()  # fs: the device; logical: physical volumes
-    source_name: str | None = None  # logical: volume group name
-    source_format: str | None = None  # fs: ext4, xfs, auto; netfs: nfs, auto, cifs; logical: lvm2
-
-
-@dataclass(frozen=True)
-class VolumeSpec:
-    """A volume to create (or to clone from ``source`` in the same pool)."""
-
-    pool: str
-    name: str
-    capacity: int
-    format: str
-    allocation: int | None  # None: <allocation> left out
-    prealloc_metadata: bool = False  # VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
-    backing: tuple[str, str] | None = None  # (path, format) of the backing image
-    source: str | None = None  # clone: the volume copied
-    reflink: bool = False  # VIR_STORAGE_VOL_CREATE_REFLINK
-
-
-@dataclass(frozen=True)
-class DiskSpec:
-    """A ``<disk type='volume'>`` of a domain."""
-
-    domain: str
-    pool: str
-    volume: str
-    format: str
-    target: str
-    bus: str
-    live: bool  # neither live nor config: libvirt's "current" (live if running, else config)
-    config: bool
 
 
 @dataclass(frozen=True)

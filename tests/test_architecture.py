@@ -53,3 +53,11 @@ def test_never_shell_true() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.keyword) and node.arg == "shell":
                 assert not (isinstance(node.value, ast.Constant) and node.value.value), path
+
+
+def test_adapters_depend_only_on_models_and_errors() -> None:
+    for mod, names in modules().items():
+        if mod.startswith("adapters/"):
+            ours = {n for n in names if n.startswith("auditor.")}
+            allowed = {"auditor.models", "auditor.errors"}
+            assert all(n in allowed or n.startswith("auditor.adapters") for n in ours), (mod, ours)

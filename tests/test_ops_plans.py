@@ -19,7 +19,7 @@ from auditor.adapters.libvirt import LibvirtHost
 from auditor.collect import Probes
 from auditor.config import parse
 from auditor.errors import ConfigError, InUse, NotFound, OperationError, PolicyError
-from auditor.models import Skip
+from auditor.models import PoolDefinition, Skip
 from auditor.sizes import NewSize
 
 HOST = Path(__file__).parent / "data" / "ops-host.xml"
@@ -190,13 +190,13 @@ def test_missing_objects(ctx: ops.Context) -> None:
 
 def test_pool_guards(ctx: ops.Context, host: LibvirtHost) -> None:
     with pytest.raises(OperationError, match="already exists"):
-        ops.plan_pool_define(ctx, ops.PoolDefinition("images", "dir", "/srv/other"))
+        ops.plan_pool_define(ctx, PoolDefinition("images", "dir", "/srv/other"))
     with pytest.raises(OperationError, match="already uses /srv/ops-images"):
-        ops.plan_pool_define(ctx, ops.PoolDefinition("twin", "dir", "/srv/ops-images/"))
+        ops.plan_pool_define(ctx, PoolDefinition("twin", "dir", "/srv/ops-images/"))
     with pytest.raises(ConfigError, match="--source-dev"):
-        ops.plan_pool_define(ctx, ops.PoolDefinition("f", "fs", "/srv/f"))
+        ops.plan_pool_define(ctx, PoolDefinition("f", "fs", "/srv/f"))
     with pytest.raises(ConfigError, match="absolute"):
-        ops.plan_pool_define(ctx, ops.PoolDefinition("d", "dir", "relative"))
+        ops.plan_pool_define(ctx, PoolDefinition("d", "dir", "relative"))
     with pytest.raises(OperationError, match="active"):
         ops.plan_pool(ctx, "images", "delete")
     with pytest.raises(OperationError, match="active"):

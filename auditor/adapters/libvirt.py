@@ -18,8 +18,17 @@ from typing import Any, TypeVar
 import libvirt
 
 from auditor.errors import AuditorError, ConnectError, NotFound, OperationError
-from auditor.models import Disk, Domain, DomainDisk, Pool, Skip
-from auditor.ops import DiskSpec, PoolDefinition, Progress, VolumeSpec
+from auditor.models import (
+    Disk,
+    DiskSpec,
+    Domain,
+    DomainDisk,
+    Pool,
+    PoolDefinition,
+    Progress,
+    Skip,
+    VolumeSpec,
+)
 
 T = TypeVar("T")
 

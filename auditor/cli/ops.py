@@ -18,7 +18,8 @@ from auditor import ops
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.cli.common import App, config_option, emit, format_option, group
 from auditor.config import load
-from auditor.ops import Change, Context, Outcome, Plan, Progress
+from auditor.models import PoolDefinition, Progress
+from auditor.ops import Change, Context, Outcome, Plan
 from auditor.report.rows import SIZE_COLUMNS, pool_row, volume_row
 from auditor.sizes import parse_resize, parse_size
 
@@ -260,7 +261,7 @@ def pool_define(
     dry_run: bool,
 ) -> None:
     """Define a persistent pool (inactive: build and start it next)."""
-    spec = ops.PoolDefinition(
+    spec = PoolDefinition(
         name, type_, target, source_host, source_path, source_devs, source_name, source_format
     )
     _run(app, lambda ctx: ops.plan_pool_define(ctx, spec), dry_run=dry_run)
