@@ -21,6 +21,7 @@ from auditor.models import (
     PoolSummary,
     Provisioning,
     Summary,
+    overcommit_ratio,
 )
 
 MiB = 1 << 20
@@ -142,11 +143,6 @@ class Figures:
         )
 
 
-def ratio(provisioned: int, capacity: int | None) -> float | None:
-    """overcommit_ratio = provisioned / capacity."""
-    return round(provisioned / capacity, 4) if capacity else None
-
-
 def _summary(
     host: str,
     name: str,
@@ -174,7 +170,7 @@ def _summary(
         unknown=f.unknown if f else None,
         provisioned=f.provisioned if f else None,
         used=f.used if f else None,
-        overcommit_ratio=ratio(f.provisioned, capacity) if f else None,
+        overcommit_ratio=overcommit_ratio(f.provisioned, capacity) if f else None,
         exposure=f.exposure if f else None,
         filesystem=filesystem,
         members=members,
@@ -251,5 +247,5 @@ def analyze(inventory: Inventory, now: datetime | None = None) -> Summary:
         pools=tuple(pools),
         skips=inventory.all_skips,
         notices=tuple(n for h in inventory.hosts for n in h.notices),
-        domains=tuple(d for h in inventory.hosts for d in h.domains),
+        inventory=inventory,
     )

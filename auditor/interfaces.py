@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Protocol
 
 from auditor.errors import AuditorError
-from auditor.models import Disk, Domain, FsInfo, ImageInfo, Pool, Skip
+from auditor.models import (
+    Disk,
+    Domain,
+    FsInfo,
+    ImageInfo,
+    LibvirtCall,
+    Pool,
+    Progress,
+    Request,
+    Skip,
+)
 
 
 class HostSource(Protocol):
@@ -17,16 +27,30 @@ class HostSource(Protocol):
     read_only: bool
     read_only_reason: str
 
-    @property
-    def is_test_driver(self) -> bool: ...
-
-    def read_pools(self, *, refresh: bool) -> tuple[list[Pool], list[Skip]]: ...
+    def read_pools(
+        self, *, refresh: bool, names: Collection[str] | None = None
+    ) -> tuple[list[Pool], list[Skip]]: ...
 
     def read_volumes(self, pools: list[Pool]) -> tuple[list[Disk], list[Skip]]: ...
 
     def read_domains(self) -> tuple[list[Domain], list[Skip]]: ...
 
     def close(self) -> None: ...
+
+
+class StorageHost(HostSource, Protocol):
+    """A libvirt connection that can change pools, volumes and domain disks.
+
+    ``calls`` and ``execute`` share one builder per libvirt call: what a plan prints is what
+    runs."""
+
+    def calls(self, request: Request) -> tuple[LibvirtCall, ...]: ...
+
+    def execute(
+        self, request: Request, progress: Progress | None = None
+    ) -> tuple[LibvirtCall, ...]: ...
+
+    def domain_targets(self, domain: str) -> frozenset[str]: ...
 
 
 class ImageReader(Protocol):

@@ -213,7 +213,17 @@ class Summary:
     pools: tuple[PoolSummary, ...]
     skips: tuple[Skip, ...] = ()
     notices: tuple[str, ...] = ()
-    domains: tuple[Domain, ...] = field(default=(), repr=False)
+    inventory: Inventory = field(default=Inventory(), repr=False, compare=False)
+
+    @property
+    def domains(self) -> tuple[Domain, ...]:
+        return tuple(d for h in self.inventory.hosts for d in h.domains)
+
+
+def overcommit_ratio(provisioned: int, capacity: int | None) -> float | None:
+    """overcommit_ratio = provisioned / capacity (Python's int division is correctly rounded),
+    to 4 decimals; None when the capacity is not known (or 0)."""
+    return round(provisioned / capacity, 4) if capacity else None
 
 
 # ---- requests for managed operations, handed to the libvirt adapter as plain values ----
@@ -260,3 +270,149 @@ class DiskSpec:
     bus: str
     live: bool  # neither live nor config: libvirt's "current" (live if running, else config)
     config: bool
+
+
+# ---- requests: what an operation asks the libvirt adapter to do -----------------------------
+
+
+class PoolOp(StrEnum):
+    """A pool life-cycle action that takes no parameter."""
+
+    START = "start"
+    STOP = "stop"  # libvirt's destroy: inactive, data intact
+    REFRESH = "refresh"
+    DELETE = "delete"  # remove the (empty) underlying storage
+    UNDEFINE = "undefine"
+
+
+@dataclass(frozen=True)
+class DefinePool:
+    spec: PoolDefinition
+
+
+@dataclass(frozen=True)
+class BuildPool:
+    pool: str
+    no_overwrite: bool  # VIR_STORAGE_POOL_BUILD_NO_OVERWRITE: never touch existing data
+
+
+@dataclass(frozen=True)
+class PoolAction:
+    pool: str
+    op: PoolOp
+
+
+@dataclass(frozen=True)
+class SetAutostart:
+    pool: str
+    enabled: bool
+
+
+@dataclass(frozen=True)
+class CreateVolume:
+    spec: VolumeSpec  # a clone when spec.source is set
+
+
+@dataclass(frozen=True)
+class ResizeVolume:
+    pool: str
+    name: str
+    capacity: int
+    allocate: bool = False
+    shrink: bool = False
+
+
+@dataclass(frozen=True)
+class BlockResize:
+    """Grow a running domain's disk through QEMU (the image is locked by it)."""
+
+    domain: str
+    target: str
+    capacity: int
+
+
+@dataclass(frozen=True)
+class DeleteVolume:
+    pool: str
+    name: str
+
+
+@dataclass(frozen=True)
+class WipeVolume:
+    pool: str
+    name: str
+    algorithm: str  # zero, nnsa, dod, ... (libvirt's VIR_STORAGE_VOL_WIPE_ALG_*)
+
+
+@dataclass(frozen=True)
+class Upload:
+    spec: VolumeSpec  # the volume created for the file
+    file: str
+
+
+@dataclass(frozen=True)
+class Download:
+    pool: str
+    name: str
+    file: str  # the final path; the data goes to a temporary file beside it first
+    overwrite: bool
+
+
+@dataclass(frozen=True)
+class Attach:
+    disk: DiskSpec
+
+
+@dataclass(frozen=True)
+class Detach:
+    disk: DiskSpec
+
+
+Request = (
+    DefinePool
+    | BuildPool
+    | PoolAction
+    | SetAutostart
+    | CreateVolume
+    | ResizeVolume
+    | BlockResize
+    | DeleteVolume
+    | WipeVolume
+    | Upload
+    | Download
+    | Attach
+    | Detach
+)
+
+
+@dataclass(frozen=True)
+class Const:
+    """A libvirt constant passed as an argument, by name (resolved by the adapter)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class LibvirtCall:
+    """One libvirt API call exactly as the adapter makes it: the adapter builds this value and
+    executes it (flags and constants resolved from these names), so a plan's description and
+    the executed call cannot differ."""
+
+    function: str  # virStorageVolCreateXML, ...
+    args: tuple[tuple[str, int | str | Const], ...] = ()
+    flags: tuple[str, ...] | None = ()  # names of VIR_* flags; None: the call takes no flags
+    document: str = ""  # the XML sent, if any
+    outline: str = ""  # the document in words, made from the same element
+
+    def arg(self, name: str) -> int | str | Const:
+        return dict(self.args)[name]
+
+    def __str__(self) -> str:
+        parts = [self.outline] if self.outline else []
+        parts += [f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in self.args]
+        if self.flags is not None:
+            parts.append("flags " + ("|".join(self.flags) or "0"))
+        return f"{self.function}({', '.join(parts)})"

@@ -17,34 +17,15 @@ from jinja2 import Environment, FunctionLoader, StrictUndefined
 from markupsafe import Markup
 
 from auditor.report.page import Page, PoolStatus
-from auditor.report.table import iec
+from auditor.units import exact, iec, signed, signed_count
 
 LEVELS = {"crit": "Critical", "warn": "Warning", "unknown": "No data", "ok": "OK"}
 BAR_WIDTH = 1000  # SVG user units of a bar's full length
-MINUS = "\u2212"
 
 
 def _source(name: str) -> str | None:
     resource = files("auditor.templates").joinpath(name)
     return resource.read_text(encoding="utf-8") if resource.is_file() else None
-
-
-def exact(n: int | None) -> str:
-    """Exact bytes for a title attribute: 1536 → '1,536 bytes'."""
-    return "" if n is None else f"{n:,} bytes"
-
-
-def signed(n: int | None) -> str:
-    """A change in bytes: '+1.5 GiB', '-300.0 MiB' (with a minus sign), '±0'; None → 'n/a'."""
-    if n is None:
-        return "n/a"
-    return "±0" if n == 0 else ("+" if n > 0 else MINUS) + iec(abs(n))
-
-
-def signed_count(n: int | None) -> str:
-    if n is None:
-        return "n/a"
-    return "±0" if n == 0 else f"{n:+d}".replace("-", MINUS)
 
 
 def num(value: float) -> str:

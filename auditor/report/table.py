@@ -7,23 +7,9 @@ from typing import Any
 from tabulate import tabulate
 
 from auditor.report.rows import COUNT_COLUMNS, SIZE_COLUMNS
+from auditor.units import iec
 
 RIGHT = SIZE_COLUMNS | COUNT_COLUMNS | {"overcommit_ratio"}
-
-UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
-
-
-def iec(n: int | None) -> str:
-    """Bytes as an IEC size: 1536 → '1.5 KiB'. None → ''."""
-    if n is None:
-        return ""
-    value = float(n)
-    for unit in UNITS:
-        if abs(value) < 1024 or unit == UNITS[-1]:
-            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
-
 
 def _cell(column: str, value: Any) -> Any:
     if value is None:
