@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
-from typing import Protocol
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, Self
 
 from auditor.errors import AuditorError
 from auditor.models import (
     Disk,
+    DiskReport,
     Domain,
     FsInfo,
     ImageInfo,
     LibvirtCall,
     Pool,
+    PoolSummary,
     Progress,
     Request,
     Skip,
+    Summary,
 )
 
 
@@ -71,3 +77,182 @@ class LocalFs(Protocol):
     def is_block_device(self, path: str) -> bool: ...
 
     def list_files(self, paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]: ...
+
+
+# ---- the history: snapshots of the figures over time ---------------------------------------
+# Field names of the point types are the history's column names (README, "History"): the
+# stores build their column lists from ``dataclasses.fields``. Text is '' rather than None.
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """One recorded run."""
+
+    id: int
+    collected_at: datetime  # when the figures were read (or --at); aware, UTC
+    recorded_at: datetime  # when the snapshot was written
+    hosts: tuple[str, ...]  # the hosts read
+    skipped: int  # items that could not be read
+    auditor_version: str
+
+
+@dataclass(frozen=True)
+class PoolPoint:
+    """One summary row of a snapshot: a pool, a shared-fs group or an unmanaged filesystem."""
+
+    host: str
+    pool: str
+    type: str
+    state: str
+    capacity: int | None
+    allocation: int | None
+    available: int | None  # usable free space (statvfs f_bavail where known)
+    volumes: int | None
+    thin: int | None
+    preallocated: int | None
+    unknown: int | None
+    provisioned: int | None
+    used: int | None
+    overcommit_ratio: float | None
+    exposure: int | None
+    filesystem: str  # mount point; '' when not known
+    target: str
+    autostart: bool | None  # None for a group row
+    persistent: bool | None
+    members: tuple[str, ...]  # the pools of a shared-fs group
+
+    @classmethod
+    def of(cls, p: PoolSummary) -> PoolPoint:
+        """The point a summary row is recorded as."""
+        return cls(
+            host=p.host,
+            pool=p.pool,
+            type=p.type,
+            state=p.state,
+            capacity=p.capacity,
+            allocation=p.allocation,
+            available=p.available,  # the summary's usable free space (the column stays)
+            volumes=p.volumes,
+            thin=p.thin,
+            preallocated=p.preallocated,
+            unknown=p.unknown,
+            provisioned=p.provisioned,
+            used=p.used,
+            overcommit_ratio=p.overcommit_ratio,
+            exposure=p.exposure,
+            filesystem=p.filesystem or "",
+            target=p.target,
+            autostart=p.autostart,
+            persistent=p.persistent,
+            members=p.members,
+        )
+
+
+@dataclass(frozen=True)
+class VolumePoint:
+    """One disk of a snapshot: a managed volume or an unmanaged domain disk."""
+
+    host: str
+    pool: str  # '' for an unmanaged disk
+    volume: str
+    path: str
+    format: str
+    provisioning: str  # preallocated, thin, unknown
+    virtual_size: int | None
+    disk_size: int | None
+    growth: int | None
+    managed: bool
+    used_by: tuple[str, ...]  # domains referencing it
+    backing_file: str
+    kind: str  # file, block, network
+    note: str
+    physical: int | None  # st_size of a file
+
+    @classmethod
+    def of(cls, r: DiskReport) -> VolumePoint:
+        """The point a disk is recorded as."""
+        d = r.disk
+        return cls(
+            host=d.host,
+            pool=d.pool or "",
+            volume=d.name,
+            path=d.path,
+            format=d.format or "",
+            provisioning=r.provisioning.value,
+            virtual_size=d.virtual_size,
+            disk_size=d.disk_size,
+            growth=r.growth,
+            managed=d.managed,
+            used_by=r.used_by,
+            backing_file=d.backing_file or "",
+            kind=d.kind,
+            note=r.reason,
+            physical=d.physical,
+        )
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """A host's most recent snapshot before some time: its pool and volume points."""
+
+    snapshot: SnapshotInfo
+    host: str
+    pools: tuple[PoolPoint, ...]
+    volumes: tuple[VolumePoint, ...]
+
+    @property
+    def collected_at(self) -> datetime:
+        return self.snapshot.collected_at
+
+
+@dataclass(frozen=True)
+class SeriesPoint:
+    """A pool point with the time of its snapshot."""
+
+    collected_at: datetime
+    snapshot_id: int
+    point: PoolPoint
+
+
+class HistoryStore(Protocol):
+    """Snapshots of the pool and volume figures over time (one per run), append-only.
+
+    Built by ``auditor.history.open_history``; errors are ``HistoryError``. Times are aware
+    datetimes; ``since`` and ``until`` bounds are inclusive."""
+
+    def record(self, summary: Summary, version: str) -> int:
+        """Append one snapshot of ``summary`` (in the open transaction, if any); its id."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction: committed if the block succeeds, else nothing is kept."""
+        ...
+
+    def earlier(self, hosts: Iterable[str], before: datetime) -> list[Earlier]:
+        """For each host, its most recent snapshot collected before ``before`` (if any)."""
+        ...
+
+    def series(
+        self,
+        *,
+        pool: str | None = None,
+        host: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[SeriesPoint]:
+        """Pool points of every matching snapshot, ordered by time, snapshot, host, pool."""
+        ...
+
+    def newest(self, host: str | None = None) -> datetime | None:
+        """When the most recent snapshot (that read ``host``) was collected; None if none."""
+        ...
+
+    def count(self) -> int:
+        """Number of snapshots."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *_exc: object) -> None: ...

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from auditor.config import Config
-from auditor.history import Earlier, History
+from auditor.interfaces import Earlier, HistoryStore, PoolPoint
 from auditor.models import PoolSummary, Summary
-from auditor.report.page import Change, Page, PoolStatus, VolumeChange
+from auditor.report.page import Page, PoolDelta, PoolStatus, VolumeChange
 from auditor.report.publish import publish, render_files
 from auditor.thresholds import SEVERITY, Level, assess
 
@@ -20,23 +19,19 @@ def pool_key(host: str, pool: str, type_: str, filesystem: str | None) -> tuple[
     return host, pool, (filesystem or "") if type_ == "unmanaged" else ""
 
 
-def _key(p: PoolSummary) -> tuple[str, str, str]:
+def _key(p: PoolSummary | PoolPoint) -> tuple[str, str, str]:
     return pool_key(p.host, p.pool, p.type, p.filesystem)
-
-
-def _row_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
-    return pool_key(row["host"], row["pool"], row["type"], row["filesystem"])
 
 
 def statuses(summary: Summary, config: Config, earlier: Iterable[Earlier]) -> list[PoolStatus]:
     """Every summary row with its level and change, worst first."""
-    before = {_row_key(row): (row, e.collected_at) for e in earlier for row in e.pools}
+    before = {_key(point): (point, e.collected_at) for e in earlier for point in e.pools}
     out = []
     for p in summary.pools:
         limits = config.for_pool(p.pool)
         a = assess(p, limits)
         prev = before.get(_key(p))
-        change = Change.between(p, prev[0], prev[1]) if prev else None
+        change = PoolDelta.between(p, prev[0], prev[1]) if prev else None
         out.append(PoolStatus(p, a.level.value, a.used_percent, a.reasons, asdict(limits), change))
     return sorted(out, key=lambda s: (SEVERITY[Level(s.level)], s.pool.host))
 
@@ -48,17 +43,17 @@ def volume_changes(summary: Summary, earlier: Iterable[Earlier]) -> list[VolumeC
     unreadable = {(s.host, s.name) for s in summary.skips}
     for e in earlier:
         idle_now = {p.pool for p in summary.pools if p.host == e.host and p.state == "inactive"}
-        idle_then = {row["pool"] for row in e.pools if row["state"] == "inactive"}
+        idle_then = {point.pool for point in e.pools if point.state == "inactive"}
         now = {r.disk.path: r for r in summary.disks if r.disk.host == e.host}
-        then = {row["path"]: row for row in e.volumes}
+        then = {v.path: v for v in e.volumes}
         out += [
             VolumeChange("added", e.host, r.disk.pool or "", r.disk.name, path, r.disk.virtual_size)
             for path, r in now.items() if path not in then and r.disk.pool not in idle_then
         ]  # fmt: skip
         out += [
-            VolumeChange("removed", e.host, row["pool"], row["volume"], path, row["virtual_size"])
-            for path, row in then.items()
-            if path not in now and row["pool"] not in idle_now and (e.host, path) not in unreadable
+            VolumeChange("removed", e.host, v.pool, v.volume, path, v.virtual_size)
+            for path, v in then.items()
+            if path not in now and v.pool not in idle_now and (e.host, path) not in unreadable
         ]  # fmt: skip
     return sorted(out, key=lambda c: (c.host, c.change, c.pool, c.volume))
 
@@ -70,6 +65,7 @@ def build_page(
     sources: tuple[str, ...],
     version: str,
 ) -> Page:
+    """Everything the report shows, compared with each host's ``earlier`` snapshot."""
     thresholds = {"default": asdict(config.thresholds)} | {
         name: asdict(t) for name, t in sorted(config.pools.items())
     }
@@ -88,7 +84,7 @@ def build_page(
 def report(
     summary: Summary,
     config: Config,
-    history: History,
+    history: HistoryStore,
     out: Path,
     sources: tuple[str, ...],
     version: str,

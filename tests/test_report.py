@@ -21,7 +21,7 @@ from summaries import GiB, summary
 
 from auditor.analyze import full_size
 from auditor.config import Config
-from auditor.history import History, parse_time
+from auditor.history import open_history, parse_time
 from auditor.nightly import build_page, volume_changes
 from auditor.report import html
 from auditor.report.publish import FILES, PublishError, publish, render_files
@@ -197,7 +197,7 @@ def test_skipped_inactive_and_unmanaged_are_on_the_page() -> None:
 
 def test_inactive_pools_and_unreadable_items_are_not_changes(tmp_path: Path) -> None:
     t1, t2 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 2, tzinfo=UTC)
-    with History.open(tmp_path / "h.sqlite") as h:
+    with open_history(tmp_path / "h.sqlite") as h:
         h.record(summary(t1, extra=True), "x")
         h.record(summary(t2, down=True), "x")
         gone = volume_changes(summary(t2), h.earlier(("h1",), t2))

@@ -17,7 +17,7 @@ from auditor.cli.common import App, F, config_option, format_option, refresh_opt
 from auditor.collect import collect
 from auditor.config import load
 from auditor.errors import EXIT_OK
-from auditor.history import SERIES_COLUMNS, History, parse_since, parse_time
+from auditor.history import SERIES_COLUMNS, open_history, parse_since, parse_time, series_row
 from auditor.models import Summary
 from auditor.report import table
 from auditor.report.tables import to_csv
@@ -82,7 +82,7 @@ def report(
     """Write report.html, pools.csv, volumes.csv and summary.json (atomically) and record a
     history snapshot. Exit 1 if some items could not be read."""
     config = load(config_path)
-    with History.open(history_path) as history:
+    with open_history(history_path) as history:
         summary = _collect(app, at, no_refresh)
         folder = out or Path("reports") / summary.collected_at.astimezone().strftime("%Y-%m-%d")
         sources = tuple(u or "libvirt default URI" for u in app.uris)
@@ -104,7 +104,7 @@ def report(
 @click.pass_obj
 def snapshot(app: App, history_path: Path, at: datetime | None, no_refresh: bool) -> int:
     """Collect and record one history snapshot, without rendering a report."""
-    with History.open(history_path) as history:
+    with open_history(history_path) as history:
         summary = _collect(app, at, no_refresh)
         sid = history.record(summary, version("auditor"))
     click.echo(
@@ -134,8 +134,8 @@ def history(
         start = parse_since(since, datetime.now(UTC)) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from exc
-    with History.open(history_path, create=False) as db:
-        rows = db.series(pool=pool, since=start, host=host)
+    with open_history(history_path, create=False) as db:
+        rows = [series_row(s) for s in db.series(pool=pool, since=start, host=host)]
     if fmt == "json":
         click.echo(json.dumps({"history": str(history_path), "pools": rows}, indent=2))
     elif fmt == "csv":

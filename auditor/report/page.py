@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from auditor.models import DiskReport, PoolSummary, Summary
+from auditor.models import DiskReport, PoolSummary, Summary, overcommit_ratio
 from auditor.report.rows import pool_row, skip_row, volume_rows
 
 GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})  # summary rows that are not libvirt pools
@@ -18,8 +18,23 @@ def _minus(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a - b
 
 
+class PoolFigures(Protocol):
+    """The figures of a pool a delta compares (a recorded point of the history has them)."""
+
+    @property
+    def volumes(self) -> int | None: ...
+    @property
+    def used(self) -> int | None: ...
+    @property
+    def provisioned(self) -> int | None: ...
+    @property
+    def available(self) -> int | None: ...  # usable free space
+    @property
+    def exposure(self) -> int | None: ...
+
+
 @dataclass(frozen=True)
-class Change:
+class PoolDelta:
     """A pool's figures now minus those of the previous snapshot (None: unknown on a side)."""
 
     since: datetime
@@ -30,14 +45,14 @@ class Change:
     exposure: int | None
 
     @classmethod
-    def between(cls, now: PoolSummary, before: Mapping[str, Any], since: datetime) -> Change:
+    def between(cls, now: PoolSummary, before: PoolFigures, since: datetime) -> PoolDelta:
         return cls(
             since=since,
-            volumes=_minus(now.volumes, before.get("volumes")),
-            used=_minus(now.used, before.get("used")),
-            provisioned=_minus(now.provisioned, before.get("provisioned")),
-            available=_minus(now.available, before.get("available")),
-            exposure=_minus(now.exposure, before.get("exposure")),
+            volumes=_minus(now.volumes, before.volumes),
+            used=_minus(now.used, before.used),
+            provisioned=_minus(now.provisioned, before.provisioned),
+            available=_minus(now.available, before.available),
+            exposure=_minus(now.exposure, before.exposure),
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -60,7 +75,7 @@ class PoolStatus:
     used_percent: float | None
     reasons: tuple[str, ...]
     limits: Mapping[str, float]  # the thresholds that applied
-    change: Change | None = None
+    change: PoolDelta | None = None  # since the previous snapshot
 
     @property
     def problem(self) -> bool:
@@ -160,7 +175,7 @@ class Page:
             used=sum(p.used or 0 for p in spaces),
             available=sum(p.available or 0 for p in spaces),
             exposure=sum(p.exposure or 0 for p in spaces),
-            overcommit_ratio=round(provisioned / capacity, 4) if capacity else None,
+            overcommit_ratio=overcommit_ratio(provisioned, capacity),
             over_threshold=len(self.problems),
         )
 

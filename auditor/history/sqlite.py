@@ -1,4 +1,4 @@
-"""The history database: one SQLite snapshot per run, one row per pool and per volume.
+"""The embedded history store: an SQLite file, one snapshot per run, a row per pool and volume.
 
 The file is identified by ``PRAGMA application_id`` and versioned by ``PRAGMA user_version``
 (the schema is documented in the README). It runs in WAL mode and every write is one
@@ -9,21 +9,20 @@ The file is identified by ``PRAGMA application_id`` and versioned by ``PRAGMA us
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import fields
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, get_type_hints
 
 from auditor.errors import HistoryError
+from auditor.history import SCHEMA_VERSION, stamp
+from auditor.interfaces import Earlier, PoolPoint, SeriesPoint, SnapshotInfo, VolumePoint
 from auditor.models import Summary
-from auditor.report.rows import pool_rows, volume_rows
 
 APPLICATION_ID = 0x41554454  # "AUDT"
-SCHEMA_VERSION = 1
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one
 
 SCHEMA = (
@@ -86,63 +85,72 @@ SCHEMA = (
   SELECT s.collected_at, v.* FROM volumes v JOIN snapshots s ON s.id = v.snapshot_id""",
 )
 
-POOL_FIELDS = (
-    "host", "pool", "type", "state", "capacity", "allocation", "available", "volumes", "thin",
-    "preallocated", "unknown", "provisioned", "used", "overcommit_ratio", "exposure",
-    "filesystem", "target", "autostart", "persistent", "members",
-)  # fmt: skip
-VOLUME_FIELDS = (
-    "host", "pool", "volume", "path", "format", "provisioning", "virtual_size", "disk_size",
-    "growth", "managed", "used_by", "backing_file", "kind", "note", "physical",
-)  # fmt: skip
-SERIES_COLUMNS = ["collected_at", *POOL_FIELDS[: POOL_FIELDS.index("filesystem") + 1]]
+SNAPSHOT_COLUMNS = ", ".join(f.name for f in fields(SnapshotInfo))  # the snapshots table
+READ_HOST = "EXISTS (SELECT 1 FROM json_each(s.hosts) WHERE value = :host)"  # s: snapshots
+
+Point = PoolPoint | VolumePoint
+P = TypeVar("P", PoolPoint, VolumePoint)
 
 
-def stamp(at: datetime) -> str:
-    """A timestamp as stored: ISO-8601 in UTC with microseconds, so text order is time order."""
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
+def columns(point: type[Point]) -> tuple[str, ...]:
+    """The columns of a point's table after ``snapshot_id``: the point's field names, in order,
+    as ``SCHEMA`` lists them. (No name differs; one that did would be mapped here. Renaming a
+    field renames a column: that needs a new schema version.)"""
+    return tuple(f.name for f in fields(point))
 
 
-def parse_time(text: str) -> datetime:
-    """ISO-8601 date or date-time; without an offset it is UTC."""
-    try:
-        at = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not an ISO-8601 date or time") from exc
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
+def _stored_as(point: type[Point]) -> tuple[frozenset[str], frozenset[str]]:
+    """(fields stored ';'-joined, fields stored as 0/1): the tuple and the bool fields."""
+    hints = get_type_hints(point)
+    joined = frozenset(n for n, t in hints.items() if t == tuple[str, ...])
+    flags = frozenset(n for n, t in hints.items() if t in (bool, bool | None))
+    return joined, flags
 
 
-_RELATIVE = re.compile(r"(\d+)([hdw])")
-_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+_STORED_AS = {PoolPoint: _stored_as(PoolPoint), VolumePoint: _stored_as(VolumePoint)}
 
 
-def parse_since(text: str, now: datetime) -> datetime:
-    """``7d``, ``12h``, ``2w`` (before ``now``) or an ISO-8601 date or time."""
-    m = _RELATIVE.fullmatch(text.strip())
-    if m:
-        return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    return parse_time(text)
+def to_row(point: Point) -> dict[str, Any]:
+    """A point as its table stores it: tuples ';'-joined, bools as 0/1."""
+    joined, flags = _STORED_AS[type(point)]
+    row = {name: getattr(point, name) for name in columns(type(point))}
+    for name in joined:
+        row[name] = ";".join(row[name])
+    for name in flags:
+        row[name] = None if row[name] is None else int(row[name])
+    return row
 
 
-@dataclass(frozen=True)
-class Earlier:
-    """A host's most recent snapshot before some time: its pool and volume rows."""
+def _point(cls: type[P], row: Sequence[Any]) -> P:
+    """The point a stored row (its ``columns``, in order) holds."""
+    joined, flags = _STORED_AS[cls]
+    values = dict(zip(columns(cls), row, strict=True))
+    for name in joined:
+        values[name] = tuple(values[name].split(";")) if values[name] else ()
+    for name in flags:
+        values[name] = None if values[name] is None else bool(values[name])
+    return cls(**values)
 
-    host: str
-    collected_at: datetime
-    pools: tuple[dict[str, Any], ...]
-    volumes: tuple[dict[str, Any], ...]
+
+def _snapshot(row: Sequence[Any]) -> SnapshotInfo:
+    """A ``snapshots`` row (``SNAPSHOT_COLUMNS``) as a value."""
+    sid, collected, recorded, hosts, skipped, version = row
+    return SnapshotInfo(
+        sid, datetime.fromisoformat(collected), datetime.fromisoformat(recorded),
+        tuple(json.loads(hosts)), skipped, version,
+    )  # fmt: skip
 
 
-class History:
-    """An open history database; use ``History.open`` and close it (or use ``with``)."""
+class SqliteHistory:
+    """An open SQLite history (a ``HistoryStore``); use ``SqliteHistory.open`` (or
+    ``auditor.history.open_history``) and close it, or use ``with``."""
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         self._conn = conn
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> History:
+    def open(cls, path: str | Path, *, create: bool = True) -> SqliteHistory:
         """Open (and with ``create``, make) the history at ``path``; refuse anything else."""
         where = str(path)
         if not create and not Path(where).is_file():
@@ -213,7 +221,7 @@ class History:
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> History:
+    def __enter__(self) -> SqliteHistory:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -246,66 +254,83 @@ class History:
             )  # fmt: skip
             sid = cur.lastrowid
             assert sid is not None
-            members = {(p.host, p.pool, p.type): ";".join(p.members) for p in summary.pools}
-            self._insert("pools", POOL_FIELDS, sid, [
-                r | {"members": members[(r["host"], r["pool"], r["type"])]}
-                for r in pool_rows(summary)
-            ])  # fmt: skip
-            self._insert("volumes", VOLUME_FIELDS, sid, [
-                r | {"used_by": ";".join(r["used_by"]), "managed": int(r["managed"])}
-                for r in volume_rows(summary)
-            ])  # fmt: skip
+            self._insert("pools", sid, [PoolPoint.of(p) for p in summary.pools])
+            volumes = sorted(  # the order of the volumes CSV: host, managed first, pool, name
+                (VolumePoint.of(r) for r in summary.disks),
+                key=lambda v: (v.host, v.pool == "", v.pool, v.volume),
+            )
+            self._insert("volumes", sid, volumes)
         return sid
 
-    def _insert(
-        self, table: str, fields: tuple[str, ...], sid: int, rows: list[dict[str, Any]]
-    ) -> None:
-        names = ", ".join(fields)
-        marks = ", ".join(f":{f}" for f in fields)
-        sql = f"INSERT INTO {table} (snapshot_id, {names}) VALUES ({sid}, {marks})"  # noqa: S608
-        self._conn.executemany(sql, rows)
+    def _insert(self, table: str, sid: int, points: Sequence[Point]) -> None:
+        if not points:
+            return
+        names = columns(type(points[0]))
+        marks = ", ".join(f":{n}" for n in names)
+        listed = ", ".join(names)
+        sql = f"INSERT INTO {table} (snapshot_id, {listed}) VALUES ({sid}, {marks})"  # noqa: S608
+        self._conn.executemany(sql, [to_row(p) for p in points])
 
-    def earlier(self, hosts: tuple[str, ...], before: datetime) -> list[Earlier]:
+    def earlier(self, hosts: Iterable[str], before: datetime) -> list[Earlier]:
         """Each host's most recent snapshot collected before ``before``."""
         out = []
         with _errors(self.path):
             for host in hosts:
                 found = self._conn.execute(
-                    "SELECT id, collected_at FROM snapshots s WHERE collected_at < ? AND EXISTS "
-                    "(SELECT 1 FROM json_each(s.hosts) WHERE value = ?) "
+                    f"SELECT {SNAPSHOT_COLUMNS} FROM snapshots s "  # noqa: S608
+                    f"WHERE collected_at < :before AND {READ_HOST} "
                     "ORDER BY collected_at DESC, id DESC LIMIT 1",
-                    (stamp(before), host),
+                    {"before": stamp(before), "host": host},
                 ).fetchone()
                 if found is None:
                     continue
-                sid, at = found
-                pools = self._rows("pools", POOL_FIELDS, sid, host)
-                volumes = self._rows("volumes", VOLUME_FIELDS, sid, host)
-                out.append(Earlier(host, datetime.fromisoformat(at), pools, volumes))
+                snap = _snapshot(found)
+                pools = self._points("pools", PoolPoint, snap.id, host)
+                volumes = self._points("volumes", VolumePoint, snap.id, host)
+                out.append(Earlier(snap, host, pools, volumes))
         return out
 
-    def _rows(
-        self, table: str, fields: tuple[str, ...], sid: int, host: str
-    ) -> tuple[dict[str, Any], ...]:
-        names = ", ".join(fields)
+    def _points(self, table: str, cls: type[P], sid: int, host: str) -> tuple[P, ...]:
+        names = ", ".join(columns(cls))
         sql = f"SELECT {names} FROM {table} WHERE snapshot_id = ? AND host = ?"  # noqa: S608
-        rows = self._conn.execute(sql, (sid, host))
-        return tuple(dict(zip(fields, row, strict=True)) for row in rows)
+        sql += " ORDER BY rowid"  # the order recorded
+        return tuple(_point(cls, row) for row in self._conn.execute(sql, (sid, host)))
 
     def series(
-        self, pool: str | None = None, since: datetime | None = None, host: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Pool rows of every snapshot, oldest first, with their ``collected_at``."""
+        self,
+        *,
+        pool: str | None = None,
+        host: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> list[SeriesPoint]:
+        """Pool points of every snapshot, oldest first (then by snapshot, host, pool)."""
         sql = (
-            f"SELECT {', '.join(SERIES_COLUMNS)} FROM pool_series "  # noqa: S608
-            "WHERE (:pool IS NULL OR pool = :pool) AND (:host IS NULL OR host = :host) "
+            f"SELECT collected_at, snapshot_id, {', '.join(columns(PoolPoint))} "  # noqa: S608
+            "FROM pool_series WHERE (:pool IS NULL OR pool = :pool) "
+            "AND (:host IS NULL OR host = :host) "
             "AND (:since IS NULL OR collected_at >= :since) "
+            "AND (:until IS NULL OR collected_at <= :until) "
             "ORDER BY collected_at, snapshot_id, host, pool"
         )
-        params = {"pool": pool, "host": host, "since": stamp(since) if since else None}
+        params = {
+            "pool": pool, "host": host,
+            "since": stamp(since) if since else None, "until": stamp(until) if until else None,
+        }  # fmt: skip
         with _errors(self.path):
-            cur = self._conn.execute(sql, params)
-            return [dict(zip(SERIES_COLUMNS, row, strict=True)) for row in cur]
+            return [
+                SeriesPoint(datetime.fromisoformat(at), sid, _point(PoolPoint, rest))
+                for at, sid, *rest in self._conn.execute(sql, params)
+            ]
+
+    def newest(self, host: str | None = None) -> datetime | None:
+        """When the most recent snapshot (that read ``host``) was collected."""
+        with _errors(self.path):
+            (at,) = self._conn.execute(
+                f"SELECT max(collected_at) FROM snapshots s WHERE :host IS NULL OR {READ_HOST}",  # noqa: S608
+                {"host": host},
+            ).fetchone()
+        return None if at is None else datetime.fromisoformat(at)
 
     def count(self) -> int:
         """Number of snapshots."""

@@ -1,0 +1,68 @@
+"""The history of the figures: which store a location opens, and how its times are written.
+
+The store protocol and its value types are ``HistoryStore`` and friends in
+``auditor.interfaces``; ``sqlite`` is the embedded store. Every store has the same schema
+(README, "History") at the same version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import HistoryError
+from auditor.interfaces import HistoryStore, PoolPoint, SeriesPoint
+
+SCHEMA_VERSION = 1  # of the tables every store holds; a store refuses a newer one
+
+_POOL_FIELDS = [f.name for f in fields(PoolPoint)]
+SERIES_COLUMNS = ["collected_at", *_POOL_FIELDS[: _POOL_FIELDS.index("filesystem") + 1]]
+_URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def open_history(where: str | Path, *, create: bool = True) -> HistoryStore:
+    """Open the history at ``where`` (an SQLite file); with ``create``, make it if missing."""
+    url = _URL.match(str(where))
+    if url:
+        raise HistoryError(
+            f"no history store for {url.group(1)}:// locations", "pass the path of a file"
+        )
+    from auditor.history.sqlite import SqliteHistory  # here: it imports this module
+
+    return SqliteHistory.open(where, create=create)
+
+
+def stamp(at: datetime) -> str:
+    """A timestamp as stored: ISO-8601 in UTC with microseconds, so text order is time order."""
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def series_row(s: SeriesPoint) -> dict[str, Any]:
+    """A series point as ``auditor history`` prints it: the ``SERIES_COLUMNS``."""
+    return {"collected_at": stamp(s.collected_at)} | {
+        name: getattr(s.point, name) for name in SERIES_COLUMNS[1:]
+    }
+
+
+def parse_time(text: str) -> datetime:
+    """ISO-8601 date or date-time; without an offset it is UTC."""
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not an ISO-8601 date or time") from exc
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+_RELATIVE = re.compile(r"(\d+)([hdw])")
+_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """``7d``, ``12h``, ``2w`` (before ``now``) or an ISO-8601 date or time."""
+    m = _RELATIVE.fullmatch(text.strip())
+    if m:
+        return now - timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    return parse_time(text)
