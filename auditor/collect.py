@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 from auditor.errors import AuditorError, ConnectError
 from auditor.interfaces import HostSource, ImageReader, LocalFs
-from auditor.models import Disk, Domain, DomainDisk, HostInventory, ImageInfo, Inventory, Skip
+from auditor.models import (
+    Disk,
+    Domain,
+    DomainDisk,
+    HostInventory,
+    ImageInfo,
+    Inventory,
+    Pool,
+    Skip,
+)
 
 FS_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
 
@@ -22,12 +30,6 @@ class Probes:
 
     images: ImageReader
     fs: LocalFs
-
-
-def is_local(uri: str) -> bool:
-    """Whether paths in this connection are paths on this machine (so stat/qemu-img apply)."""
-    parts = urlsplit(uri)
-    return parts.scheme.split("+")[0] != "test" and parts.hostname in (None, "", "localhost")
 
 
 def collect(
@@ -74,15 +76,8 @@ def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostIn
         )
     elif not refresh:
         notices.append(f"{source.uri}: --no-refresh: pool figures are as of the last refresh")
-    local = is_local(source.uri)
-    pools, skips = source.read_pools(refresh=refresh and not source.read_only)
-    if local:
-        pools = [
-            replace(p, fs=probes.fs.filesystem(p.target_path))
-            if p.active and p.type in FS_POOL_TYPES
-            else p
-            for p in pools
-        ]
+    local = source.local
+    pools, skips = _pools(source, probes, refresh=refresh and not source.read_only)
     managed, vol_skips = source.read_volumes(pools)
     domains, dom_skips = source.read_domains()
     skips += vol_skips + dom_skips
@@ -99,6 +94,50 @@ def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostIn
         domains=tuple(domains),
         skips=tuple(skips + img_skips),
         notices=tuple(notices),
+    )
+
+
+def _pools(
+    source: HostSource, probes: Probes, *, refresh: bool, names: Collection[str] | None = None
+) -> tuple[list[Pool], list[Skip]]:
+    """The pools, with their filesystem's figures where they live on a local one."""
+    pools, skips = source.read_pools(refresh=refresh, names=names)
+    if source.local:
+        pools = [
+            replace(p, fs=probes.fs.filesystem(p.target_path))
+            if p.active and p.type in FS_POOL_TYPES
+            else p
+            for p in pools
+        ]
+    return pools, skips
+
+
+def recollect_pools(
+    inventory: HostInventory, source: HostSource, probes: Probes, names: Collection[str]
+) -> HostInventory:
+    """``inventory`` with the pools ``names`` (refreshed), their volumes and every domain
+    read again; other pools and unmanaged disks are kept as they were."""
+    pools, skips = _pools(source, probes, refresh=not source.read_only, names=names)
+    fresh, vol_skips = source.read_volumes(pools)
+    domains, dom_skips = source.read_domains()
+    kept = [d for d in inventory.disks if d.pool not in names]
+    resolver = _Resolver(
+        [d for d in kept if d.managed] + fresh, probes.fs if source.local else None
+    )
+    old_skips = [
+        s for s in inventory.skips
+        if s.kind not in ("domain", "host") and s.name.partition("/")[0] not in names
+    ]  # fmt: skip
+    return replace(
+        inventory,
+        pools=tuple(
+            sorted(
+                [*(p for p in inventory.pools if p.name not in names), *pools], key=lambda p: p.name
+            )
+        ),
+        disks=tuple(kept + [resolver.backing(d) for d in fresh]),
+        domains=tuple(resolver.domain(d) for d in domains),
+        skips=tuple(old_skips + skips + vol_skips + dom_skips),
     )
 
 

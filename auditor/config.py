@@ -1,4 +1,4 @@
-"""The TOML policy file (``--config FILE``): thresholds, globally and per pool.
+"""The TOML policy file (``--policy FILE``): thresholds, globally and per pool.
 
 [thresholds]
 used_warn = 80          # percent of capacity really used
@@ -12,6 +12,7 @@ overcommit_crit = 3.0
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -84,17 +85,23 @@ def parse(doc: Mapping[str, Any], source: str | None = None) -> Config:
     return Config(thresholds=base, pools=MappingProxyType(pools), source=source)
 
 
+DEFAULT_POLICY = "/etc/auditor/policy.toml"
+
+
 def load(path: str | None) -> Config:
-    """Read the policy file; no path means the defaults."""
+    """Read the policy file; no path means ``DEFAULT_POLICY`` if it exists, else the
+    built-in defaults."""
     if path is None:
-        return Config()
+        if not os.path.isfile(DEFAULT_POLICY):
+            return Config()
+        path = DEFAULT_POLICY
     try:
         with open(path, "rb") as fh:
             doc = tomllib.load(fh)
     except FileNotFoundError as exc:
-        raise ConfigError(f"config file {path} not found") from exc
+        raise ConfigError(f"policy file {path} not found") from exc
     except PermissionError as exc:
-        raise ConfigError(f"config file {path}: permission denied") from exc
+        raise ConfigError(f"policy file {path}: permission denied") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from exc
     return parse(doc, path)

@@ -32,6 +32,7 @@ class HostSource(Protocol):
     uri: str
     read_only: bool
     read_only_reason: str
+    local: bool  # its paths are paths on this machine (so stat and qemu-img apply)
 
     def read_pools(
         self, *, refresh: bool, names: Collection[str] | None = None
@@ -77,6 +78,8 @@ class LocalFs(Protocol):
     def is_block_device(self, path: str) -> bool: ...
 
     def list_files(self, paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]: ...
+
+    def regular_file(self, path: str, *, follow: bool = True) -> tuple[int, int] | None: ...
 
 
 # ---- the history: snapshots of the figures over time ---------------------------------------

@@ -139,6 +139,7 @@ class Skip:
     kind: str  # host, pool, volume, domain, disk, image
     name: str
     reason: str
+    vanished: bool = False  # it no longer exists (deleted between list and inspect)
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,12 @@ class PoolDefinition:
 
 
 @dataclass(frozen=True)
+class BackingStore:
+    path: str
+    format: str
+
+
+@dataclass(frozen=True)
 class VolumeSpec:
     """A volume to create (or to clone from ``source`` in the same pool)."""
 
@@ -253,7 +260,7 @@ class VolumeSpec:
     format: str
     allocation: int | None  # None: <allocation> left out
     prealloc_metadata: bool = False  # VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
-    backing: tuple[str, str] | None = None  # (path, format) of the backing image
+    backing: BackingStore | None = None  # the backing image of a qcow2 overlay
     source: str | None = None  # clone: the volume copied
     reflink: bool = False  # VIR_STORAGE_VOL_CREATE_REFLINK
 
@@ -335,6 +342,12 @@ class BlockResize:
 class DeleteVolume:
     pool: str
     name: str
+
+
+WIPE_ALGORITHMS = (
+    "zero", "nnsa", "dod", "bsi", "gutmann", "schneier", "pfitzner7", "pfitzner33", "random",
+    "trim",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -32,14 +32,14 @@ def exact(n: int | None) -> str:
 
 
 def signed(n: int | None) -> str:
-    """A change in bytes: '+1.5 GiB', '−300.0 MiB' (with a minus sign), '±0'; None → 'n/a'."""
+    """A change in bytes: '+1.5 GiB', '-300.0 MiB' (written with U+2212), '±0'; None → 'n/a'."""
     if n is None:
         return "n/a"
     return "±0" if n == 0 else ("+" if n > 0 else MINUS) + iec(abs(n))
 
 
 def signed_count(n: int | None) -> str:
-    """A change in a count: '+3', '−1', '±0'; None → 'n/a'."""
+    """A change in a count: '+3', '-1' (U+2212), '±0'; None → 'n/a'."""
     if n is None:
         return "n/a"
     return "±0" if n == 0 else f"{n:+d}".replace("-", MINUS)

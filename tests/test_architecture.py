@@ -6,7 +6,8 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "auditor"
-SERVICES = {"collect", "analyze", "config", "ops", "history", "planning", "thresholds", "sizes"}
+LAYERS = ("cli/", "adapters/", "report/")
+ROOTS = {"nightly.py", "__main__.py", "__init__.py"}  # the nightly job and the entry points
 
 
 def imports(path: Path) -> set[str]:
@@ -33,18 +34,46 @@ def test_only_the_runner_imports_subprocess() -> None:
     assert users == {"adapters/run.py"}
 
 
-def test_services_do_not_import_adapters_or_the_cli() -> None:
+def services() -> dict[str, set[str]]:
+    """Every module that is not the CLI, an adapter, the report layer or an entry point:
+    collect, analyze, config, ops/*, history/*, models, units... whatever exists."""
+    return {
+        m: names for m, names in modules().items() if not m.startswith(LAYERS) and m not in ROOTS
+    }
+
+
+def test_the_service_list_is_not_empty_and_covers_the_packages() -> None:
+    found = services()
+    assert {"collect.py", "analyze.py", "ops/guards.py", "history/sqlite.py"} <= set(found)
+
+
+def test_services_import_no_adapter_cli_or_report() -> None:
+    forbidden = ("auditor.adapters", "auditor.cli", "auditor.report", "click", "libvirt")
+    for mod, names in services().items():
+        bad = {n for n in names if n.startswith(forbidden)}
+        assert not bad, f"{mod} imports {bad}"
+
+
+def test_only_the_cli_and_the_nightly_job_use_the_report_layer() -> None:
     for mod, names in modules().items():
-        if Path(mod).stem in SERVICES and "/" not in mod:
-            bad = {n for n in names if n.startswith(("auditor.adapters", "auditor.cli", "click"))}
-            assert not bad, f"{mod} imports {bad}"
+        if mod.startswith(("cli/", "report/")) or mod == "nightly.py":
+            continue
+        assert not {n for n in names if n.startswith("auditor.report")}, mod
+
+
+def test_the_nightly_job_builds_no_adapter() -> None:
+    names = modules()["nightly.py"]
+    assert not {n for n in names if n.startswith(("auditor.adapters", "auditor.cli", "click"))}
 
 
 def test_report_depends_only_on_models() -> None:
     for mod, names in modules().items():
         if mod.startswith("report/"):
             ours = {n for n in names if n.startswith("auditor.")}
-            allowed = {"auditor.models", "auditor.errors", "auditor.config", "auditor.thresholds"}
+            allowed = {
+                "auditor.models", "auditor.errors", "auditor.config", "auditor.thresholds",
+                "auditor.units",
+            }  # fmt: skip
             assert all(n in allowed or n.startswith("auditor.report") for n in ours), (mod, ours)
 
 

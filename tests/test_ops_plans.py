@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from clirun import auditor
 
-from auditor import ops
+from auditor import models, ops
 from auditor.adapters import localfs, qemu_img
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.collect import Probes
 from auditor.config import parse
 from auditor.errors import ConfigError, InUse, NotFound, OperationError, PolicyError
-from auditor.models import PoolDefinition, Skip
+from auditor.models import PoolDefinition, PoolOp, Skip
+from auditor.ops import Figure
 from auditor.sizes import NewSize
 
 HOST = Path(__file__).parent / "data" / "ops-host.xml"
@@ -40,19 +41,19 @@ def ctx(host: LibvirtHost) -> ops.Context:
 
 
 def figures(plan: ops.Plan) -> dict[str, tuple[ops.Value, ops.Value]]:
-    return {c.what: (c.before, c.after) for c in plan.changes}
+    return {c.figure: (c.before, c.after) for c in plan.changes}
 
 
 def test_thin_raw_create_is_sparse_and_shows_the_ratio_before_and_after(ctx: ops.Context) -> None:
     plan = ops.plan_create(ctx, "images", "new.raw", 10 * GiB)
-    assert isinstance(plan.request, ops.CreateVolume)
+    assert isinstance(plan.request, models.CreateVolume)
     spec = plan.request.spec
     assert (spec.format, spec.allocation, spec.prealloc_metadata) == ("raw", 0, False)
     assert "allocation 0" in plan.call and "flags 0" in plan.call
     f = figures(plan)
-    assert f[ops.RATIO] == (0.61, 0.71)
-    assert f[ops.PROVISIONED] == (61 * GiB, 71 * GiB)
-    assert f[ops.VIRTUAL] == (None, 10 * GiB)
+    assert f[Figure.RATIO] == (0.61, 0.71)
+    assert f[Figure.PROVISIONED] == (61 * GiB, 71 * GiB)
+    assert f[Figure.VIRTUAL] == (None, 10 * GiB)
 
 
 @pytest.mark.parametrize(
@@ -61,11 +62,11 @@ def test_thin_raw_create_is_sparse_and_shows_the_ratio_before_and_after(ctx: ops
 )
 def test_preallocated_create(ctx: ops.Context, fmt: str, allocation: int, flag: bool) -> None:
     plan = ops.plan_create(ctx, "images", "new", 10 * GiB, fmt=fmt, preallocated=True)
-    assert isinstance(plan.request, ops.CreateVolume)
+    assert isinstance(plan.request, models.CreateVolume)
     spec = plan.request.spec
     assert (spec.allocation, spec.prealloc_metadata) == (allocation, flag)
     assert ("VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA" in plan.call) is flag
-    usable_before, usable_after = figures(plan)[ops.USABLE]
+    usable_before, usable_after = figures(plan)[Figure.USABLE]
     assert isinstance(usable_before, int) and isinstance(usable_after, int)
     assert usable_before - usable_after >= 10 * GiB
 
@@ -94,26 +95,26 @@ def test_free_space_guard_is_not_overridden_by_force(ctx: ops.Context) -> None:
 
 def test_apply_creates_and_a_plan_alone_changes_nothing(ctx: ops.Context) -> None:
     plan = ops.plan_create(ctx, "images", "new.raw", GiB)
-    assert ops.look(ctx.host, PROBES).find("images", "new.raw") is None
+    assert ops.context(ctx.host, PROBES).view.find("images", "new.raw") is None
     out = ops.apply(plan, ctx)
-    after = {c.what: c.after for c in out.changes}
-    assert after[ops.VIRTUAL] == GiB
-    assert after[ops.PROVISIONED] == 62 * GiB
+    after = {c.figure: c.after for c in out.changes}
+    assert after[Figure.VIRTUAL] == GiB
+    assert after[Figure.PROVISIONED] == 62 * GiB
     with pytest.raises(OperationError, match="already exists"):
         ops.plan_create(ops.context(ctx.host, PROBES), "images", "new.raw", GiB)
 
 
 def test_clone_keeps_format_and_provisioning_by_default(ctx: ops.Context) -> None:
     plan = ops.plan_clone(ctx, "images", "thick.raw", "copy.raw")
-    assert isinstance(plan.request, ops.CreateVolume)
+    assert isinstance(plan.request, models.CreateVolume)
     spec = plan.request.spec
     assert (spec.format, spec.capacity, spec.allocation) == ("raw", 20 * GiB, 20 * GiB)
     thin = ops.plan_clone(ctx, "images", "thin.qcow2", "copy.qcow2", fmt="raw")
-    assert isinstance(thin.request, ops.CreateVolume)
+    assert isinstance(thin.request, models.CreateVolume)
     assert (thin.request.spec.format, thin.request.spec.allocation) == ("raw", 0)
     assert thin.call.startswith("virStorageVolCreateXMLFrom(")
     ops.apply(thin, ctx)
-    assert ops.look(ctx.host, PROBES).find("images", "copy.qcow2") is not None
+    assert ops.context(ctx.host, PROBES).view.find("images", "copy.qcow2") is not None
 
 
 def test_reflink_is_only_for_raw(ctx: ops.Context) -> None:
@@ -144,8 +145,8 @@ def test_guards_refuse_when_a_domain_could_not_be_read(ctx: ops.Context) -> None
 
 def test_running_disk_grows_through_the_domain(ctx: ops.Context) -> None:
     plan = ops.plan_resize(ctx, "images", "thin.qcow2", NewSize(GiB, delta=True))
-    assert isinstance(plan.request, ops.ResizeVolume)
-    assert plan.request.live == ("vm-running", "vda")
+    assert isinstance(plan.request, models.BlockResize)
+    assert (plan.request.domain, plan.request.target) == ("vm-running", "vda")
     assert plan.call.startswith("virDomainBlockResize(domain 'vm-running', disk 'vda', ")
     with pytest.raises(PolicyError, match="--allocate"):
         ops.plan_resize(ctx, "images", "thin.qcow2", NewSize(GiB, True), allocate=True)
@@ -198,30 +199,30 @@ def test_pool_guards(ctx: ops.Context, host: LibvirtHost) -> None:
     with pytest.raises(ConfigError, match="absolute"):
         ops.plan_pool_define(ctx, PoolDefinition("d", "dir", "relative"))
     with pytest.raises(OperationError, match="active"):
-        ops.plan_pool(ctx, "images", "delete")
+        ops.plan_pool(ctx, "images", PoolOp.DELETE)
     with pytest.raises(OperationError, match="active"):
-        ops.plan_pool(ctx, "images", "undefine")
-    stop = ops.plan_pool(ctx, "images", "stop")
+        ops.plan_pool(ctx, "images", PoolOp.UNDEFINE)
+    stop = ops.plan_pool(ctx, "images", PoolOp.STOP)
     assert "data stays intact" in stop.summary and stop.call == "virStoragePoolDestroy()"
     assert any("vm-running" in n for n in stop.notes)
     out = ops.apply(stop, ctx)
-    assert {c.what: c.after for c in out.changes}[ops.STATE] == "inactive"
+    assert {c.figure: c.after for c in out.changes}[Figure.STATE] == "inactive"
     ctx = ops.context(host, PROBES)
-    assert ops.plan_pool(ctx, "images", "stop").request is None
+    assert ops.plan_pool(ctx, "images", PoolOp.STOP).request is None
     with pytest.raises(OperationError, match="not active"):
         ops.plan_create(ctx, "images", "x.raw", GiB)
 
 
 def test_attach_picks_the_next_free_target(ctx: ops.Context) -> None:
     plan = ops.plan_attach(ctx, "vm-off", "images/spare.raw", config=True)
-    assert isinstance(plan.request, ops.Attach)
+    assert isinstance(plan.request, models.Attach)
     assert (plan.request.disk.target, plan.request.disk.bus) == ("vdb", "virtio")
     assert "<disk type='volume'" in plan.call and "VIR_DOMAIN_AFFECT_CONFIG" in plan.call
     with pytest.raises(InUse, match="vm-running"):
         ops.plan_attach(ctx, "vm-off", "images/thin.qcow2")
     with pytest.raises(OperationError, match="already has a disk vda"):
         ops.plan_attach(ctx, "vm-off", "images/spare.raw", target="vda")
-    assert ops._next_target(frozenset({f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"})) == "vdaa"
+    assert ops.next_target(frozenset({f"vd{c}" for c in "abcdefghijklmnopqrstuvwxyz"})) == "vdaa"
 
 
 def test_cli_dry_run_and_errors() -> None:

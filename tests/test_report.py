@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -250,7 +251,7 @@ def test_corrupt_history_stops_the_report(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (("--config", "POLICY"), "used_wran"),
+        (("--policy", "POLICY"), "used_wran"),
         (("--at", "yesterday"), "not an ISO-8601"),
     ],
 )
@@ -269,12 +270,22 @@ def test_config_thresholds_reach_the_page(tmp_path: Path) -> None:
     policy.write_text(
         '[thresholds]\nused_warn = 85\n[pools."backups"]\nused_warn = 95\nused_crit = 99\n'
     )
-    d = doc(run_report(tmp_path, HOST, "--config", str(policy)))
+    d = doc(run_report(tmp_path, HOST, "--policy", str(policy)))
     levels = {p["pool"]: p["level"] for p in d["pools"]}
     assert levels["backups"] == "ok" and levels["vmstore"] == "crit"
     assert d["thresholds"]["backups"]["used_warn"] == 95.0
     assert d["config"] == str(policy)
     assert "backups" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_the_policy_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text("[thresholds]\nused_wran = 70\n")
+    argv = [sys.executable, "-m", "auditor", "-c", HOST, "report", "--out", str(tmp_path / "o"),
+            "--history", str(tmp_path / "h.sqlite")]  # fmt: skip
+    env = os.environ | {"AUDITOR_POLICY": str(policy)}
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert r.returncode == 2 and "used_wran" in r.stderr and str(policy) in r.stderr
 
 
 def test_history_command(tmp_path: Path) -> None:

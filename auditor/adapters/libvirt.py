@@ -9,25 +9,43 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 
+from auditor.adapters.libvirt_calls import calls_for
 from auditor.errors import AuditorError, ConnectError, NotFound, OperationError
 from auditor.models import (
+    Attach,
+    BlockResize,
+    BuildPool,
+    Const,
+    CreateVolume,
+    DefinePool,
+    DeleteVolume,
+    Detach,
     Disk,
     DiskSpec,
     Domain,
     DomainDisk,
+    Download,
+    LibvirtCall,
     Pool,
-    PoolDefinition,
+    PoolAction,
     Progress,
+    Request,
+    ResizeVolume,
+    SetAutostart,
     Skip,
+    Upload,
     VolumeSpec,
+    WipeVolume,
 )
 
 T = TypeVar("T")
@@ -95,6 +113,12 @@ class LibvirtHost:
         self.read_only_reason = why
         self.uri: str = conn.getURI()
         self.host: str = conn.getHostname()
+        # The test driver's objects live in its XML, not on this machine.
+        self.local = conn.getType() != "TEST" and urlsplit(self.uri).hostname in (
+            None,
+            "",
+            "localhost",
+        )
 
     @classmethod
     def connect(
@@ -131,14 +155,10 @@ class LibvirtHost:
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    @property
-    def is_test_driver(self) -> bool:
-        return self.uri.startswith("test:")
-
     def _skip(self, kind: str, name: str, exc: libvirt.libvirtError) -> Skip:
         gone = exc.get_error_code() in _VANISHED
         reason = f"vanished while being read ({_msg(exc)})" if gone else _msg(exc)
-        return Skip(self.host, kind, name, reason)
+        return Skip(self.host, kind, name, reason, vanished=gone)
 
     def _parallel(self, fn: Callable[[Any], T], items: list[Any]) -> list[T]:
         if len(items) < 2 * WORKERS:
@@ -148,11 +168,14 @@ class LibvirtHost:
 
     # ---- inventory ------------------------------------------------------------------------
 
-    def read_pools(self, *, refresh: bool) -> tuple[list[Pool], list[Skip]]:
-        """All pools, active and inactive; active ones refreshed first when ``refresh``."""
+    def read_pools(
+        self, *, refresh: bool, names: Collection[str] | None = None
+    ) -> tuple[list[Pool], list[Skip]]:
+        """All pools (or those of ``names`` that exist), active and inactive; active ones
+        refreshed first when ``refresh``."""
         skips: list[Skip] = []
         pools: list[Pool] = []
-        for handle in self._conn.listAllStoragePools(0):
+        for handle in self._pool_handles(names):
             name = handle.name()
             try:
                 if refresh and handle.isActive():
@@ -161,6 +184,18 @@ class LibvirtHost:
             except libvirt.libvirtError as exc:
                 skips.append(self._skip("pool", name, exc))
         return pools, skips
+
+    def _pool_handles(self, names: Collection[str] | None) -> list[libvirt.virStoragePool]:
+        if names is None:
+            return list(self._conn.listAllStoragePools(0))
+        handles = []
+        for name in names:
+            try:
+                handles.append(self._conn.storagePoolLookupByName(name))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise _error(exc, f"pool {name}") from exc
+        return handles
 
     def _refresh(self, handle: libvirt.virStoragePool) -> None:
         for attempt in range(5):
@@ -283,8 +318,34 @@ class LibvirtHost:
         )
 
     # ---- managed operations ---------------------------------------------------------------
-    # One libvirt call each (or one stream), no guards: auditor.ops plans every operation and
-    # checks it first. libvirt errors become the project's errors, naming the object and the fix.
+    # No guards here: auditor.ops plans and checks every operation first. Each request runs
+    # the calls ``calls_for`` builds, and nothing else. libvirt errors become the project's
+    # errors, naming the object and the fix.
+
+    def calls(self, request: Request) -> tuple[LibvirtCall, ...]:
+        """What ``execute`` will call for ``request``."""
+        return calls_for(request)
+
+    def execute(
+        self, request: Request, progress: Progress | None = None
+    ) -> tuple[LibvirtCall, ...]:
+        """Carry out ``request`` with exactly the calls ``calls`` describes; return them."""
+        calls = calls_for(request)
+        match request:
+            case DefinePool(spec):
+                with _translate(f"pool {spec.name}"):
+                    self._conn.storagePoolDefineXML(calls[0].document, _flags(calls[0]))
+            case BuildPool(pool) | PoolAction(pool) | SetAutostart(pool):
+                self._pool_call(pool, calls[0])
+            case CreateVolume(spec):
+                self._create(spec, calls[0])
+            case Upload(spec, file):
+                self._upload(spec, file, calls, progress)
+            case Download(pool, name, file, overwrite):
+                self._download(self._lookup_volume(pool, name), file, overwrite, calls[0], progress)
+            case _:
+                self._volume_or_domain_call(request, calls[0])
+        return calls
 
     def _lookup_pool(self, name: str) -> libvirt.virStoragePool:
         with _translate(f"pool {name}"):
@@ -310,27 +371,58 @@ class LibvirtHost:
             t.get("dev", "") for doc in docs for t in _xml(doc).findall("devices/disk/target")
         ) - {""}
 
-    def define_pool(self, spec: PoolDefinition) -> None:
-        with _translate(f"pool {spec.name}"):
-            self._conn.storagePoolDefineXML(_pool_xml(spec), 0)
-
-    def pool_action(self, pool: str, action: str, flag: bool = False) -> None:
-        """build (flag: NO_OVERWRITE), start, stop (destroy), refresh, autostart (flag: on),
-        delete, undefine."""
+    def _pool_call(self, pool: str, call: LibvirtCall) -> None:
         handle = self._lookup_pool(pool)
-        calls: dict[str, Callable[[], object]] = {
-            "build": lambda: handle.build(
-                libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE if flag else 0
-            ),
-            "start": lambda: handle.create(0),
-            "stop": handle.destroy,
-            "refresh": lambda: self._refresh(handle),
-            "autostart": lambda: handle.setAutostart(int(flag)),
-            "delete": lambda: handle.delete(0),
-            "undefine": handle.undefine,
-        }
         with _translate(f"pool {pool}"):
-            calls[action]()
+            match call.function:
+                case "virStoragePoolBuild":
+                    handle.build(_flags(call))
+                case "virStoragePoolCreate":
+                    handle.create(_flags(call))
+                case "virStoragePoolDestroy":
+                    handle.destroy()
+                case "virStoragePoolRefresh":
+                    self._refresh(handle)
+                case "virStoragePoolSetAutostart":
+                    handle.setAutostart(call.arg("autostart"))
+                case "virStoragePoolDelete":
+                    handle.delete(_flags(call))
+                case "virStoragePoolUndefine":
+                    handle.undefine()
+
+    def _volume_or_domain_call(self, request: Request, call: LibvirtCall) -> None:
+        match request:
+            case ResizeVolume(pool, name) | DeleteVolume(pool, name) | WipeVolume(pool, name):
+                vol = self._lookup_volume(pool, name)
+                with _translate(f"volume {pool}/{name}"):
+                    if isinstance(request, ResizeVolume):
+                        vol.resize(call.arg("capacity"), _flags(call))
+                    elif isinstance(request, DeleteVolume):
+                        vol.delete(_flags(call))
+                    else:
+                        vol.wipePattern(_const(call.arg("algorithm")), _flags(call))
+            case BlockResize(domain, target):
+                dom = self._lookup_domain(domain)
+                with _translate(f"disk {target} of domain {domain}"):
+                    dom.blockResize(target, call.arg("size"), _flags(call))
+            case Attach(disk):
+                dom = self._lookup_domain(disk.domain)
+                with _translate(f"domain {disk.domain}"):
+                    dom.attachDeviceFlags(call.document, _flags(call))
+            case Detach(disk):
+                self._detach(disk, call)
+
+    def _detach(self, disk: DiskSpec, call: LibvirtCall) -> None:
+        """Detach the disk ``disk.target``, as the live or the persistent XML describes it."""
+        dom = self._lookup_domain(disk.domain)
+        with _translate(f"domain {disk.domain}"):
+            live = disk.live or (not disk.config and dom.isActive())
+            doc = _xml(dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE))
+            for node in doc.findall("devices/disk"):
+                if _attr(node.find("target"), "dev") == call.arg("target"):
+                    dom.detachDeviceFlags(ET.tostring(node, encoding="unicode"), _flags(call))
+                    return
+        raise NotFound(f"domain {disk.domain} has no disk {disk.target}")
 
     def _volume_exists(self, handle: libvirt.virStoragePool, name: str) -> bool:
         try:
@@ -346,7 +438,7 @@ class LibvirtHost:
         with contextlib.suppress(libvirt.libvirtError):
             handle.storageVolLookupByName(name).delete(0)
 
-    def create_volume(self, spec: VolumeSpec) -> None:
+    def _create(self, spec: VolumeSpec, call: LibvirtCall) -> None:
         """Create ``spec`` (a clone of ``spec.source`` if set); a failure leaves no volume."""
         handle = self._lookup_pool(spec.pool)
         if self._volume_exists(handle, spec.name):
@@ -354,17 +446,11 @@ class LibvirtHost:
                 f"volume {spec.name} already exists in pool {spec.pool}", "choose another name"
             )
         source = self._lookup_volume(spec.pool, spec.source) if spec.source else None
-        flags = 0
-        if spec.prealloc_metadata:
-            flags |= libvirt.VIR_STORAGE_VOL_CREATE_PREALLOC_METADATA
-        if spec.reflink:
-            flags |= libvirt.VIR_STORAGE_VOL_CREATE_REFLINK
-        xml = _volume_xml(spec)
         try:
             if source is None:
-                handle.createXML(xml, flags)
+                handle.createXML(call.document, _flags(call))
             else:
-                handle.createXMLFrom(xml, source, flags)
+                handle.createXMLFrom(call.document, source, _flags(call))
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_STORAGE_VOL_EXIST:  # made meanwhile
                 self._remove_partial(handle, spec.name)
@@ -378,33 +464,13 @@ class LibvirtHost:
             self._remove_partial(handle, spec.name)
             raise
 
-    def resize_volume(
-        self, pool: str, name: str, capacity: int, *, allocate: bool, shrink: bool
+    def _upload(
+        self,
+        spec: VolumeSpec,
+        file: str,
+        calls: tuple[LibvirtCall, ...],
+        progress: Progress | None,
     ) -> None:
-        vol = self._lookup_volume(pool, name)
-        flags = (libvirt.VIR_STORAGE_VOL_RESIZE_ALLOCATE if allocate else 0) | (
-            libvirt.VIR_STORAGE_VOL_RESIZE_SHRINK if shrink else 0
-        )
-        with _translate(f"volume {pool}/{name}"):
-            vol.resize(capacity, flags)
-
-    def block_resize(self, domain: str, target: str, capacity: int) -> None:
-        """Grow a running domain's disk through QEMU (the image is locked by it)."""
-        dom = self._lookup_domain(domain)
-        with _translate(f"disk {target} of domain {domain}"):
-            dom.blockResize(target, capacity, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
-
-    def delete_volume(self, pool: str, name: str) -> None:
-        vol = self._lookup_volume(pool, name)
-        with _translate(f"volume {pool}/{name}"):
-            vol.delete(0)
-
-    def wipe_volume(self, pool: str, name: str, algorithm: str) -> None:
-        vol = self._lookup_volume(pool, name)
-        with _translate(f"volume {pool}/{name}"):
-            vol.wipePattern(getattr(libvirt, f"VIR_STORAGE_VOL_WIPE_ALG_{algorithm.upper()}"), 0)
-
-    def upload_volume(self, spec: VolumeSpec, file: str, progress: Progress | None) -> None:
         """Create ``spec`` and fill it with ``file`` as a sparse stream (holes are sent as
         holes); on any failure the stream is aborted and the new volume removed."""
         try:
@@ -412,13 +478,14 @@ class LibvirtHost:
         except OSError as exc:
             raise OperationError(f"cannot read {file}: {exc.strerror}") from exc
         try:
-            self.create_volume(spec)
+            self._create(spec, calls[0])
             handle = self._lookup_pool(spec.pool)
             try:
                 vol = handle.storageVolLookupByName(spec.name)
                 stream = self._conn.newStream(0)
+                offset, length = calls[1].arg("offset"), calls[1].arg("length")
                 with _streaming(stream, f"upload of {file} to {spec.pool}/{spec.name}"):
-                    vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+                    vol.upload(stream, offset, length, _flags(calls[1]))
                     stream.sparseSendAll(_reader(progress), _in_data, _skipper(progress), fd)
                     stream.finish()
             except BaseException:
@@ -427,47 +494,26 @@ class LibvirtHost:
         finally:
             os.close(fd)
 
-    def download_volume(
-        self, pool: str, name: str, file: str, *, overwrite: bool, progress: Progress | None
+    def _download(
+        self,
+        vol: libvirt.virStorageVol,
+        file: str,
+        overwrite: bool,
+        call: LibvirtCall,
+        progress: Progress | None,
     ) -> None:
-        """Write a volume's content to ``file`` (mode 0600) as a sparse stream: holes stay
-        holes. A failed download removes the file."""
-        vol = self._lookup_volume(pool, name)
-        mode = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
-        try:
-            fd = os.open(file, mode, 0o600)
-        except OSError as exc:
-            raise OperationError(f"cannot write {file}: {exc.strerror}") from exc
-        done = False
-        try:
+        """Write a volume's content to a new temporary file beside ``file`` (mode 0600, never
+        following a link) as a sparse stream, then move it into place: over ``file`` only
+        with ``overwrite``. Any failure removes the temporary file; ``file`` is untouched."""
+        what = f"download of {vol.name()} to {file}"
+        with _temporary_beside(file) as (fd, temp):
             stream = self._conn.newStream(0)
-            with _streaming(stream, f"download of {pool}/{name} to {file}"):
-                vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+            with _streaming(stream, what):
+                vol.download(stream, call.arg("offset"), call.arg("length"), _flags(call))
                 stream.sparseRecvAll(_writer(progress), _hole_writer(progress), fd)
                 stream.finish()
-            done = True
-        finally:
-            os.close(fd)
-            if not done:
-                with contextlib.suppress(OSError):
-                    os.unlink(file)
-
-    def attach_disk(self, disk: DiskSpec) -> None:
-        dom = self._lookup_domain(disk.domain)
-        with _translate(f"domain {disk.domain}"):
-            dom.attachDeviceFlags(_disk_xml(disk), _affect(disk))
-
-    def detach_disk(self, disk: DiskSpec) -> None:
-        """Detach the disk ``disk.target``, as the live or the persistent XML describes it."""
-        dom = self._lookup_domain(disk.domain)
-        with _translate(f"domain {disk.domain}"):
-            live = disk.live or (not disk.config and dom.isActive())
-            doc = _xml(dom.XMLDesc(0 if live else libvirt.VIR_DOMAIN_XML_INACTIVE))
-            for node in doc.findall("devices/disk"):
-                if _attr(node.find("target"), "dev") == disk.target:
-                    dom.detachDeviceFlags(ET.tostring(node, encoding="unicode"), _affect(disk))
-                    return
-        raise NotFound(f"domain {disk.domain} has no disk {disk.target}")
+            os.fsync(fd)
+            _move_into_place(temp, file, overwrite)
 
 
 def _block_sizes(st: dict[str, Any], running: bool) -> dict[str, tuple[int | None, int | None]]:
@@ -648,52 +694,56 @@ def _hole_writer(progress: Progress | None) -> Callable[[object, int, int], int]
     return hole
 
 
-def _pool_xml(spec: PoolDefinition) -> str:
-    root = ET.Element("pool", type=spec.type)
-    ET.SubElement(root, "name").text = spec.name
-    if spec.source_devices or spec.source_host or spec.source_path or spec.source_name:
-        source = ET.SubElement(root, "source")
-        for device in spec.source_devices:
-            ET.SubElement(source, "device", path=device)
-        if spec.source_host:
-            ET.SubElement(source, "host", name=spec.source_host)
-        if spec.source_path:
-            ET.SubElement(source, "dir", path=spec.source_path)
-        if spec.source_name:
-            ET.SubElement(source, "name").text = spec.source_name
-        if spec.source_format:
-            ET.SubElement(source, "format", type=spec.source_format)
-    ET.SubElement(ET.SubElement(root, "target"), "path").text = spec.target
-    return ET.tostring(root, encoding="unicode")
+def _flags(call: LibvirtCall) -> int:
+    """The flags of ``call``, from their names: what was described is what is passed."""
+    flags = 0
+    for name in call.flags or ():
+        flags |= int(getattr(libvirt, name))
+    return flags
 
 
-def _volume_xml(spec: VolumeSpec) -> str:
-    root = ET.Element("volume")
-    ET.SubElement(root, "name").text = spec.name
-    ET.SubElement(root, "capacity", unit="bytes").text = str(spec.capacity)
-    if spec.allocation is not None:
-        ET.SubElement(root, "allocation", unit="bytes").text = str(spec.allocation)
-    target = ET.SubElement(root, "target")
-    ET.SubElement(target, "format", type=spec.format)
-    if spec.format == "qcow2":
-        ET.SubElement(target, "compat").text = "1.1"  # libvirt's default is the old 0.10
-    if spec.backing:
-        store = ET.SubElement(root, "backingStore")
-        ET.SubElement(store, "path").text = spec.backing[0]
-        ET.SubElement(store, "format", type=spec.backing[1])
-    return ET.tostring(root, encoding="unicode")
+def _const(value: object) -> int:
+    if not isinstance(value, Const):
+        raise TypeError(f"{value!r} is not a libvirt constant")
+    return int(getattr(libvirt, value.name))
 
 
-def _disk_xml(disk: DiskSpec) -> str:
-    node = ET.Element("disk", type="volume", device="disk")
-    ET.SubElement(node, "driver", name="qemu", type=disk.format)
-    ET.SubElement(node, "source", pool=disk.pool, volume=disk.volume)
-    ET.SubElement(node, "target", dev=disk.target, bus=disk.bus)
-    return ET.tostring(node, encoding="unicode")
+@contextlib.contextmanager
+def _temporary_beside(file: str) -> Iterator[tuple[int, str]]:
+    """A new file (O_EXCL, O_NOFOLLOW, mode 0600) in the folder of ``file``; removed unless
+    it was moved into place."""
+    folder, name = os.path.split(os.path.abspath(file))
+    temp = os.path.join(folder, f".{name}.auditor-{secrets.token_hex(4)}")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except OSError as exc:
+        raise OperationError(f"cannot write in {folder}: {exc.strerror}") from exc
+    try:
+        yield fd, temp
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
-def _affect(disk: DiskSpec) -> int:
-    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if disk.live else 0) | (
-        libvirt.VIR_DOMAIN_AFFECT_CONFIG if disk.config else 0
-    )
-    return flags or libvirt.VIR_DOMAIN_AFFECT_CURRENT
+def _fsync_folder(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_into_place(temp: str, file: str, overwrite: bool) -> None:
+    """rename(2) over ``file`` (with ``overwrite``), else link(2), which refuses an existing
+    name: a file created meanwhile is never replaced unasked."""
+    try:
+        if overwrite:
+            os.rename(temp, file)
+        else:
+            os.link(temp, file, follow_symlinks=False)
+        _fsync_folder(os.path.dirname(os.path.abspath(file)))
+    except FileExistsError as exc:
+        raise OperationError(f"{file} appeared meanwhile", "it was left as it is") from exc
+    except OSError as exc:
+        raise OperationError(f"cannot move the download into {file}: {exc.strerror}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
+from auditor.errors import NotFound
 from auditor.models import FsInfo
 
 
@@ -73,3 +74,19 @@ def list_files(paths: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
         else:
             errors.append((path, "not a regular file, block device or folder"))
     return found, errors
+
+
+def regular_file(path: str, *, follow: bool = True) -> tuple[int, int] | None:
+    """(size, disk size) of a regular file; None when nothing is at ``path``. NotFound for
+    anything else at ``path`` (a folder, a device; a symbolic link unless ``follow``)."""
+    try:
+        st = os.stat(path) if follow else os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise NotFound(f"{path}: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise NotFound(f"{path} is a symbolic link", "give the path of the file itself")
+    if not stat.S_ISREG(st.st_mode):
+        raise NotFound(f"{path} is not a regular file")
+    return st.st_size, st.st_blocks * 512

@@ -13,6 +13,7 @@ import click
 from auditor.adapters import localfs, qemu_img
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.collect import Probes
+from auditor.config import DEFAULT_POLICY
 from auditor.errors import EXIT_OK, EXIT_PARTIAL
 from auditor.models import Summary
 from auditor.report import table
@@ -67,10 +68,12 @@ def refresh_option(f: F) -> F:
     )(f)  # fmt: skip
 
 
-def config_option(f: F) -> F:
+def policy_option(f: F) -> F:
     return click.option(
-        "--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
-        help="TOML policy file: [thresholds] and per-pool [pools.\"NAME\"] tables.",
+        "--policy", "policy_path", type=click.Path(dir_okay=False), metavar="FILE",
+        envvar="AUDITOR_POLICY", show_envvar=True,
+        help="TOML policy file: [thresholds] and per-pool [pools.\"NAME\"] tables. "
+        f"Default: {DEFAULT_POLICY} if it exists.",
     )(f)  # fmt: skip
 
 

@@ -16,12 +16,13 @@ import click
 
 from auditor import ops
 from auditor.adapters.libvirt import LibvirtHost
-from auditor.cli.common import App, config_option, emit, format_option, group
+from auditor.cli.common import App, emit, format_option, group, policy_option
 from auditor.config import load
-from auditor.models import PoolDefinition, Progress
-from auditor.ops import Change, Context, Outcome, Plan
+from auditor.models import WIPE_ALGORITHMS, PoolDefinition, PoolOp, Progress
+from auditor.ops import Change, Context, Outcome, Plan, Unit
 from auditor.report.rows import SIZE_COLUMNS, pool_row, volume_row
 from auditor.sizes import parse_resize, parse_size
+from auditor.units import human, ratio_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 POOL_LIST_COLUMNS = [
@@ -57,14 +58,14 @@ def yes_option(what: str) -> Callable[[F], F]:
 
 
 @contextmanager
-def _context(app: App, config_path: str | None = None, *, write: bool = True) -> Iterator[Context]:
+def _context(app: App, policy_path: str | None = None, *, write: bool = True) -> Iterator[Context]:
     """A connection to the one host (read-write unless only reading), the policy, and what the
     audit sees now."""
     if len(app.uris) > 1:
         raise click.UsageError("pool and vol commands act on one host: give one --connect")
     if write and app.read_only:
         raise click.UsageError("--read-only: this command needs a read-write connection")
-    policy = load(config_path)
+    policy = load(policy_path)
     with LibvirtHost.connect(app.uris[0], write=write, read_only=app.read_only) as host:
         yield ops.context(host, app.probes, policy)
 
@@ -72,17 +73,17 @@ def _context(app: App, config_path: str | None = None, *, write: bool = True) ->
 def _value(c: Change, v: ops.Value) -> str:
     if v is None:
         return "-"
-    if c.is_bytes and isinstance(v, int):
-        return ops.human(v)
+    if c.figure.unit is Unit.BYTES and isinstance(v, int):
+        return human(v)
     if isinstance(v, float):
-        return ops.show_ratio(v)
+        return ratio_text(v)
     return str(v)
 
 
 def _figures(changes: tuple[Change, ...]) -> list[str]:
     if not changes:
         return []
-    rows = [(c.what, _value(c, c.before), _value(c, c.after)) for c in changes]
+    rows = [(str(c.figure), _value(c, c.before), _value(c, c.after)) for c in changes]
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len("before"), *(len(r[1]) for r in rows))
     lines = [f"  {'':<{w0}}  {'before':<{w1}}    after"]
@@ -127,10 +128,10 @@ def _run(
     *,
     dry_run: bool,
     yes: bool = False,
-    config_path: str | None = None,
+    policy_path: str | None = None,
 ) -> None:
     """Plan, print; unless a dry run, apply and print the outcome."""
-    with _context(app, config_path) as ctx:
+    with _context(app, policy_path) as ctx:
         plan = make(ctx)
         _show_plan(plan, figures=dry_run)
         if dry_run:
@@ -152,9 +153,9 @@ def _key_values(doc: dict[str, Any], fmt: str) -> None:
         elif isinstance(value, bool):
             value = "yes" if value else "no"
         elif isinstance(value, int) and key in SIZE_KEYS:
-            value = ops.human(value)
+            value = human(value)
         elif isinstance(value, float):
-            value = ops.show_ratio(value)
+            value = ratio_text(value)
         elif value is None or value == "":
             value = "-"
         click.echo(f"{key:<{width}}  {value}")
@@ -197,11 +198,11 @@ def pool_list(app: App, fmt: str) -> int:
 @pool.command("info")
 @click.argument("name")
 @_info_format
-@config_option
+@policy_option
 @click.pass_obj
-def pool_info(app: App, name: str, fmt: str, config_path: str | None) -> None:
+def pool_info(app: App, name: str, fmt: str, policy_path: str | None) -> None:
     """Everything the audit knows about one pool, with its thresholds."""
-    with _context(app, config_path, write=False) as ctx:
+    with _context(app, policy_path, write=False) as ctx:
         p = ctx.view.pool(name)
         s = ctx.view.figures(name)
         doc = pool_row(s) if s is not None else {"pool": name}
@@ -267,10 +268,8 @@ def pool_define(
     _run(app, lambda ctx: ops.plan_pool_define(ctx, spec), dry_run=dry_run)
 
 
-def _pool(
-    app: App, name: str, action: str, dry_run: bool, *, flag: bool = False, yes: bool = False
-) -> None:
-    _run(app, lambda ctx: ops.plan_pool(ctx, name, action, flag=flag), dry_run=dry_run, yes=yes)
+def _pool(app: App, name: str, op: PoolOp, dry_run: bool, *, yes: bool = False) -> None:
+    _run(app, lambda ctx: ops.plan_pool(ctx, name, op), dry_run=dry_run, yes=yes)
 
 
 @pool.command("build")
@@ -283,7 +282,7 @@ def _pool(
 def pool_build(app: App, name: str, mkfs: bool, dry_run: bool) -> None:
     """Create the pool's storage: the folder (dir), the mount point (fs, netfs), the volume
     group (logical, only on devices holding no data). Never overwrites data."""
-    _pool(app, name, "build", dry_run, flag=mkfs)
+    _run(app, lambda ctx: ops.plan_build(ctx, name, mkfs=mkfs), dry_run=dry_run)
 
 
 @pool.command("start")
@@ -292,7 +291,7 @@ def pool_build(app: App, name: str, mkfs: bool, dry_run: bool) -> None:
 @click.pass_obj
 def pool_start(app: App, name: str, dry_run: bool) -> None:
     """Start (activate) the pool; its volumes become visible."""
-    _pool(app, name, "start", dry_run)
+    _pool(app, name, PoolOp.START, dry_run)
 
 
 @pool.command("stop")
@@ -302,7 +301,7 @@ def pool_start(app: App, name: str, dry_run: bool) -> None:
 def pool_stop(app: App, name: str, dry_run: bool) -> None:
     """Stop the pool (libvirt's destroy): it becomes inactive and its data stays intact; no
     volume or file is removed."""
-    _pool(app, name, "stop", dry_run)
+    _pool(app, name, PoolOp.STOP, dry_run)
 
 
 @pool.command("refresh")
@@ -311,7 +310,7 @@ def pool_stop(app: App, name: str, dry_run: bool) -> None:
 @click.pass_obj
 def pool_refresh(app: App, name: str, dry_run: bool) -> None:
     """Re-read the pool's volumes and figures."""
-    _pool(app, name, "refresh", dry_run)
+    _pool(app, name, PoolOp.REFRESH, dry_run)
 
 
 @pool.command("autostart")
@@ -321,7 +320,7 @@ def pool_refresh(app: App, name: str, dry_run: bool) -> None:
 @click.pass_obj
 def pool_autostart(app: App, name: str, disable: bool, dry_run: bool) -> None:
     """Start the pool when libvirtd starts (--disable: do not)."""
-    _pool(app, name, "autostart", dry_run, flag=not disable)
+    _run(app, lambda ctx: ops.plan_autostart(ctx, name, enabled=not disable), dry_run=dry_run)
 
 
 @pool.command("delete")
@@ -332,7 +331,7 @@ def pool_autostart(app: App, name: str, disable: bool, dry_run: bool) -> None:
 def pool_delete(app: App, name: str, yes: bool, dry_run: bool) -> None:
     """Remove the pool's underlying storage. Refuses an active pool and a pool that still
     holds volumes; needs --yes."""
-    _pool(app, name, "delete", dry_run, yes=yes)
+    _pool(app, name, PoolOp.DELETE, dry_run, yes=yes)
 
 
 @pool.command("undefine")
@@ -341,7 +340,7 @@ def pool_delete(app: App, name: str, yes: bool, dry_run: bool) -> None:
 @click.pass_obj
 def pool_undefine(app: App, name: str, dry_run: bool) -> None:
     """Make libvirt forget the (inactive) pool; its data stays intact."""
-    _pool(app, name, "undefine", dry_run)
+    _pool(app, name, PoolOp.UNDEFINE, dry_run)
 
 
 # ---- vol -------------------------------------------------------------------------------------
@@ -394,7 +393,7 @@ def vol_info(app: App, pool_name: str, name: str, fmt: str) -> None:
 )
 @click.option("--backing", metavar="POOL/VOL", help="Make a qcow2 overlay over this volume.")
 @force_option("Create even if the pool's overcommit ratio would exceed its critical threshold.")
-@config_option
+@policy_option
 @dry_run_option
 @click.pass_obj
 def vol_create(
@@ -406,7 +405,7 @@ def vol_create(
     thin: bool,
     backing: str | None,
     force: bool,
-    config_path: str | None,
+    policy_path: str | None,
     dry_run: bool,
 ) -> None:
     """Create a volume of SIZE (bytes, or K M G T = 1024-based, KB MB GB TB = 1000-based)."""
@@ -424,7 +423,7 @@ def vol_create(
             force=force,
         ),
         dry_run=dry_run,
-        config_path=config_path,
+        policy_path=policy_path,
     )
 
 
@@ -451,7 +450,7 @@ def vol_create(
     "filesystem that can (btrfs, xfs with reflink=1).",
 )
 @force_option("Clone even if the pool's overcommit ratio would exceed its critical threshold.")
-@config_option
+@policy_option
 @dry_run_option
 @click.pass_obj
 def vol_clone(
@@ -463,7 +462,7 @@ def vol_clone(
     fmt: str | None,
     reflink: bool,
     force: bool,
-    config_path: str | None,
+    policy_path: str | None,
     dry_run: bool,
 ) -> None:
     """Copy volume SRC to a new volume NEW in the same pool."""
@@ -481,7 +480,7 @@ def vol_clone(
             force=force,
         ),
         dry_run=dry_run,
-        config_path=config_path,
+        policy_path=policy_path,
     )
 
 
@@ -493,7 +492,7 @@ def vol_clone(
 @click.option("--shrink", is_flag=True, help="Allow a smaller size (data beyond it is lost).")
 @yes_option("shrinking loses the data beyond the new size")
 @force_option("Grow even if the pool's overcommit ratio would exceed its critical threshold.")
-@config_option
+@policy_option
 @dry_run_option
 @click.pass_obj
 def vol_resize(
@@ -505,7 +504,7 @@ def vol_resize(
     shrink: bool,
     yes: bool,
     force: bool,
-    config_path: str | None,
+    policy_path: str | None,
     dry_run: bool,
 ) -> None:
     """Set a volume's virtual size to SIZE, or grow it by +DELTA (shrink by -DELTA). A disk of
@@ -518,7 +517,7 @@ def vol_resize(
         ),
         dry_run=dry_run,
         yes=yes,
-        config_path=config_path,
+        policy_path=policy_path,
     )
 
 
@@ -544,7 +543,7 @@ def vol_delete(app: App, pool_name: str, name: str, yes: bool, force: bool, dry_
 @click.argument("name")
 @click.argument("file", type=click.Path(dir_okay=False))
 @force_option("Upload even if the pool's overcommit ratio would exceed its critical threshold.")
-@config_option
+@policy_option
 @dry_run_option
 @click.pass_obj
 def vol_upload(
@@ -553,7 +552,7 @@ def vol_upload(
     name: str,
     file: str,
     force: bool,
-    config_path: str | None,
+    policy_path: str | None,
     dry_run: bool,
 ) -> None:
     """Create volume NAME from FILE, sent as a sparse stream (holes stay holes)."""
@@ -561,7 +560,7 @@ def vol_upload(
         app,
         lambda ctx: ops.plan_upload(ctx, pool_name, name, file, force=force),
         dry_run=dry_run,
-        config_path=config_path,
+        policy_path=policy_path,
     )
 
 
@@ -590,7 +589,7 @@ def vol_download(
 @click.argument("name")
 @click.option(
     "--algorithm",
-    type=click.Choice(ops.WIPE_ALGORITHMS),
+    type=click.Choice(WIPE_ALGORITHMS),
     default="zero",
     show_default=True,
     help="zero writes zeros; the others need the scrub program.",
@@ -627,10 +626,15 @@ def vol_wipe(
 
 
 def _affect_options(f: F) -> F:
-    f = click.option("--config", "config", is_flag=True, help="Change the persistent definition.")(
-        f
-    )
-    return click.option("--live", is_flag=True, help="Change the running guest.")(f)
+    """virsh's --live, --config and --persistent (the running guest and, if it runs, its
+    definition); none: the running guest if it runs, else its definition."""
+    for name, text in (
+        ("--persistent", "Change the definition, and the running guest if it runs."),
+        ("--config", "Change the persistent definition (next boot)."),
+        ("--live", "Change the running guest."),
+    ):
+        f = click.option(name, is_flag=True, help=text)(f)
+    return f
 
 
 @vol.command("attach")
@@ -647,13 +651,16 @@ def vol_attach(
     target: str | None,
     live: bool,
     config: bool,
+    persistent: bool,
     dry_run: bool,
 ) -> None:
     """Attach a volume to DOMAIN by pool and volume name (<disk type='volume'>). Without
     --live/--config: the running guest if it runs, else its definition."""
     _run(
         app,
-        lambda ctx: ops.plan_attach(ctx, domain, volume, target=target, live=live, config=config),
+        lambda ctx: ops.plan_attach(
+            ctx, domain, volume, target=target, live=live, config=config, persistent=persistent
+        ),
         dry_run=dry_run,
     )
 
@@ -664,11 +671,21 @@ def vol_attach(
 @_affect_options
 @dry_run_option
 @click.pass_obj
-def vol_detach(app: App, domain: str, volume: str, live: bool, config: bool, dry_run: bool) -> None:
+def vol_detach(
+    app: App,
+    domain: str,
+    volume: str,
+    live: bool,
+    config: bool,
+    persistent: bool,
+    dry_run: bool,
+) -> None:
     """Detach the disk that is volume POOL/NAME from DOMAIN; the volume stays."""
     _run(
         app,
-        lambda ctx: ops.plan_detach(ctx, domain, volume, live=live, config=config),
+        lambda ctx: ops.plan_detach(
+            ctx, domain, volume, live=live, config=config, persistent=persistent
+        ),
         dry_run=dry_run,
     )
 

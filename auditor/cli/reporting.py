@@ -13,7 +13,7 @@ import click
 
 from auditor import nightly
 from auditor.analyze import analyze
-from auditor.cli.common import App, F, config_option, format_option, refresh_option, warn
+from auditor.cli.common import App, F, format_option, policy_option, refresh_option, warn
 from auditor.collect import collect
 from auditor.config import load
 from auditor.errors import EXIT_OK
@@ -67,7 +67,7 @@ def _collect(app: App, at: datetime | None, no_refresh: bool) -> Summary:
     help="Folder for the four files. Default: reports/YYYY-MM-DD (the collection date).",
 )  # fmt: skip
 @history_option
-@config_option
+@policy_option
 @at_option
 @refresh_option
 @click.pass_obj
@@ -75,13 +75,13 @@ def report(
     app: App,
     out: Path | None,
     history_path: Path,
-    config_path: str | None,
+    policy_path: str | None,
     at: datetime | None,
     no_refresh: bool,
 ) -> int:
     """Write report.html, pools.csv, volumes.csv and summary.json (atomically) and record a
     history snapshot. Exit 1 if some items could not be read."""
-    config = load(config_path)
+    config = load(policy_path)
     with open_history(history_path) as history:
         summary = _collect(app, at, no_refresh)
         folder = out or Path("reports") / summary.collected_at.astimezone().strftime("%Y-%m-%d")

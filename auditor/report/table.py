@@ -11,6 +11,7 @@ from auditor.units import iec
 
 RIGHT = SIZE_COLUMNS | COUNT_COLUMNS | {"overcommit_ratio"}
 
+
 def _cell(column: str, value: Any) -> Any:
     if value is None:
         return ""
