@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import click
 import libvirt
 import pytest
-from clirun import auditor
+from clirun import auditor, base_python, portable_site
 
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.cli import cli
@@ -91,3 +93,22 @@ def test_unknown_pool_is_an_error_naming_known_pools() -> None:
     assert ran.err.strip() == (
         "auditor: error: pool 'imgaes' not found (known pools: backups, images, iso)"
     )
+
+
+def test_another_user_runs_a_copy_outside_the_clone(tmp_path: Path) -> None:
+    """`user=` runs work from a clone any user may not enter (e.g. under /root): nothing the
+    tool imports may come from the clone or its venv."""
+    site = portable_site()
+    assert not site.is_relative_to(ROOT) and not site.is_relative_to(Path(sys.prefix))
+    assert not [p for p in site.rglob("*") if p.is_symlink()]
+    ran = auditor("-c", "test:///default", "pools", "--format", "json", user="daemon")
+    assert ran.code == 0, ran.err
+    assert [p["pool"] for p in ran.json()["pools"]] == ["default-pool", "(unmanaged)"]
+    assert auditor("--version", user="daemon").out.startswith("auditor, version ")
+    probe = "import auditor, jinja2, libvirt, pandas; print(auditor.__file__, libvirt.__file__)"
+    paths = subprocess.run(
+        ["setpriv", "--reuid=daemon", "--regid=daemon", "--clear-groups", base_python(),
+         "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        capture_output=True, text=True, check=True, cwd=site,
+    ).stdout.split()  # fmt: skip
+    assert all(Path(p).is_relative_to(site) for p in paths), paths
