@@ -2,8 +2,10 @@
 
 import json
 import os
+import secrets
 import stat
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -232,33 +234,107 @@ def test_scratch_pool_is_removed_with_volumes(
     assert not os.path.exists(spec.path)
 
 
-def test_cleanup_leftovers_spares_live_runs(
-    bed: Bed, libvirt_conn: libvirt.virConnect, workspace: Workspace, tmp_path: Path
+# Another run: it takes a manifest in STATE, records KIND=NAME entries, prints its path, and holds
+# the lock until its stdin closes.
+HOLDER = """
+import sys, testbed
+manifest = testbed.Manifest.create(testbed.Path(sys.argv[1]))
+for entry in sys.argv[2:]:
+    manifest.record(*entry.split("=", 1))
+print(manifest.path, flush=True)
+sys.stdin.read()
+"""
+
+
+def _dir_pool(conn: libvirt.virConnect, name: str, path: Path) -> None:
+    xml = f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
+    conn.storagePoolDefineXML(xml, 0)
+
+
+def test_cleanup_leftovers_removes_only_what_unlocked_manifests_list(
+    libvirt_conn: libvirt.virConnect, tmp_path: Path
 ) -> None:
-    dead_root = testbed.TMP_PARENT / "audt-999999999-dead"  # above pid_max: never alive
-    dead_root.mkdir()
+    """A live run (another process holds its manifest's lock) keeps everything, even names
+    with a dead pid; a dead run's manifest (lock free) loses what it lists and what is named
+    with its prefix; an `audt-*` object no manifest lists is never touched."""
+    state = tmp_path / "state"
+    tag = secrets.token_hex(4)
+    live_root, dead_root = (testbed.TMP_PARENT / f"audt-999999999-{w}-{tag}" for w in "ld")
+    live_pool, orphan_pool = f"{live_root.name}-pool", f"audt-999999999-orphan-{tag}"
+    for folder in (live_root, dead_root):
+        folder.mkdir()
     (dead_root / "disk.raw").write_bytes(b"\0" * 4096)
-    loop = subprocess.run(
-        ["losetup", "--find", "--show", dead_root / "disk.raw"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
-    alive = f"audt-{os.getppid()}-live-pool"
-    defs = {f"{dead_root.name}-pool": dead_root, alive: tmp_path}
-    for name, path in defs.items():
-        xml = f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
-        libvirt_conn.storagePoolDefineXML(xml, 0)
+    loop = subprocess.run(["losetup", "--find", "--show", dead_root / "disk.raw"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, state, f"pool={live_pool}", f"folder={live_root}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(testbed.__file__).parent,
+    )  # fmt: skip
+    dead = testbed.Manifest.create(state)  # a run that crashed: its lock went with it
+    dead_pool, by_prefix = f"{dead_root.name}-pool", f"{dead.prefix}guest"
+    dead.record("domain", f"{dead_root.name}-dom")
+    dead.record("pool", dead_pool)
+    dead.record("folder", str(dead_root))
+    dead.close()
+    made = {live_pool: live_root, orphan_pool: tmp_path / "o", dead_pool: dead_root,
+            by_prefix: tmp_path / "p"}  # fmt: skip
     try:
-        testbed.cleanup_leftovers(libvirt_conn, workspace.prefix)
-        names = {p.name() for p in libvirt_conn.listAllStoragePools(0)}
-        assert f"{dead_root.name}-pool" not in names and not dead_root.exists()
-        assert alive in names
-        assert {bed.dir_pool.name, bed.fs_pool.name, bed.inactive_pool.name} <= names
-        assert libvirt_conn.lookupByName(bed.running_domain).isActive()
+        assert holder.stdout is not None
+        live_manifest = Path(holder.stdout.readline().strip())
+        for name, path in made.items():
+            _dir_pool(libvirt_conn, name, path)
+        libvirt_conn.defineXML(
+            f"<domain type='qemu'><name>{dead_root.name}-dom</name><memory unit='MiB'>64"
+            "</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+        )
+
+        assert testbed.cleanup_leftovers(libvirt_conn, state) == [dead.path]
+        pools = {p.name() for p in libvirt_conn.listAllStoragePools(0)}
+        assert {live_pool, orphan_pool} <= pools and not {dead_pool, by_prefix} & pools
+        assert f"{dead_root.name}-dom" not in libvirt_conn.listDefinedDomains()
+        assert live_root.is_dir() and not dead_root.exists()
+        assert live_manifest.exists() and not dead.path.exists()
         listing = subprocess.run(["losetup", "--list"], capture_output=True, text=True).stdout
         assert f"{loop} " not in listing
+
+        holder.communicate("", timeout=30)  # that run ends without cleaning: now a leftover
+        assert testbed.cleanup_leftovers(libvirt_conn, state) == [live_manifest]
+        assert live_pool not in {p.name() for p in libvirt_conn.listAllStoragePools(0)}
+        assert not live_root.exists() and not live_manifest.exists()
+        assert orphan_pool in {p.name() for p in libvirt_conn.listAllStoragePools(0)}
     finally:
-        for name in defs:
+        holder.kill()
+        holder.wait()
+        testbed.remove_domain(libvirt_conn, f"{dead_root.name}-dom")
+        for name in made:
             testbed.remove_pool(libvirt_conn, name)
-        testbed.purge_files(dead_root)
+        for folder in (live_root, dead_root):
+            testbed.purge_files(folder)
+
+
+def test_the_workspace_manifest_is_locked_and_lists_the_bed(bed: Bed, workspace: Workspace) -> None:
+    manifest = workspace.manifest
+    assert manifest.path.parent == testbed.STATE and workspace.prefix == manifest.prefix
+    probe = subprocess.run(["flock", "--nonblock", "--conflict-exit-code", "9", manifest.path,
+                            "true"], check=False)  # fmt: skip
+    assert probe.returncode == 9  # held by this run
+    pools = (bed.dir_pool, bed.fs_pool, bed.inactive_pool)
+    expected = {
+        testbed.Entry("prefix", bed.prefix),
+        testbed.Entry("folder", bed.root),
+        *(testbed.Entry("pool", p.name) for p in pools),
+        *(testbed.Entry("domain", d) for d in (bed.running_domain, bed.defined_domain)),
+    }
+    assert expected <= set(manifest.entries())
+
+
+def test_a_manifest_is_released_at_exit(tmp_path: Path) -> None:
+    manifest = testbed.Manifest.create(tmp_path)
+    assert testbed.PREFIX_RE.fullmatch(manifest.prefix)
+    manifest.record("pool", "p")
+    assert testbed.read_entries(manifest.path)[1:] == [testbed.Entry("pool", "p")]
+    with manifest.path.open("a") as f:
+        f.write('{"kind": "pool", "na')  # a crash mid-line
+    assert len(manifest.entries()) == 2
+    manifest.release()
+    assert not manifest.path.exists()

@@ -1,13 +1,18 @@
 """Build and tear down the real libvirtd/qemu-img test bed used by `libvirtd`-marked tests.
 
-Every libvirt object and temp folder is named with a per-run prefix `audt-<pid>-<token>-`;
-objects named `audt-*` whose owning process is gone are leftovers of crashed runs and are
-removed when the next run opens its workspace. Files are made with qemu-img, qemu-io,
+Every libvirt object and temp folder is named with a per-run prefix `audt-<pid>-<token>-`.
+A run owns what it creates by record, not by name: it holds an flock on its manifest,
+STATE/<prefix>.manifest, for its whole life, and writes there each domain, pool and folder
+*before* making it (and, first, its prefix: objects named with that exact prefix, e.g. a
+test's guest, are its own too). The next run removes what the manifests of dead runs list
+(their lock is free) and nothing else: a live run in another PID namespace, or any object no
+manifest lists, is left alone whatever its name. Files are made with qemu-img, qemu-io,
 truncate, fallocate and dd, never through libvirt.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -15,6 +20,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -36,6 +42,7 @@ QCOW2_MAGIC = b"QFI\xfb"
 
 Expected = Literal["thin", "preallocated"]
 Where = Literal["dir", "fs", "inactive", "unmanaged"]
+Kind = Literal["prefix", "domain", "pool", "folder"]
 
 
 @dataclass(frozen=True)
@@ -61,10 +68,15 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class Workspace:
-    """The per-run name prefix and the temp folder everything lives in."""
+    """The per-run name prefix, the temp folder everything lives in, and the run's manifest
+    (record a domain or pool there before making it, unless it is named with the prefix)."""
 
     prefix: str
     root: Path
+    manifest: Manifest
+
+    def record(self, kind: Kind, name: str) -> None:
+        self.manifest.record(kind, name)
 
 
 @dataclass(frozen=True)
@@ -224,26 +236,6 @@ def ensure_libvirtd() -> None:
         raise RuntimeError(f"libvirtd does not answer on {URI}, even after scripts/testbed.sh")
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _is_stale(name: str, own_prefix: str) -> bool:
-    """True for `audt-*` names that are not ours and whose owning process is gone."""
-    if not name.startswith(NAME_ROOT) or name.startswith(own_prefix):
-        return False
-    match = re.match(rf"{NAME_ROOT}(\d+)-", name)
-    return match is None or not _pid_alive(int(match.group(1)))
-
-
 def _tolerate(call: Callable[[], object], code: int) -> None:
     """Call, ignoring the libvirt error `code` (the object went away or changed state)."""
     try:
@@ -295,19 +287,6 @@ def purge_files(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def cleanup_leftovers(conn: libvirt.virConnect, own_prefix: str) -> None:
-    """Remove domains, pools and temp folders of earlier runs that died (see module doc)."""
-    for dom in conn.listAllDomains(0):
-        if _is_stale(dom.name(), own_prefix):
-            remove_domain(conn, dom.name())
-    for pool in conn.listAllStoragePools(0):
-        if _is_stale(pool.name(), own_prefix):
-            remove_pool(conn, pool.name())
-    for folder in TMP_PARENT.glob(f"{NAME_ROOT}*"):
-        if folder.is_dir() and _is_stale(f"{folder.name}-", own_prefix):
-            purge_files(folder)
-
-
 def _mkdir(path: Path) -> Path:
     """mkdir with mode 0755 whatever the umask, so libvirt-qemu can reach the images."""
     path.mkdir()
@@ -315,17 +294,159 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+# --- ownership: one locked manifest per run (see the module doc) ---------------------------
+
+STATE = Path("/var/tmp/auditor-testbed")  # shared by all runs on this machine
+REGISTRY = ".registry.lock"  # held only to create, claim or delete manifests, never to clean
+MANIFEST = ".manifest"
+PREFIX_RE = re.compile(rf"{NAME_ROOT}\d+-[0-9a-f]{{8}}-")
+
+
 @contextmanager
-def open_workspace(conn: libvirt.virConnect) -> Iterator[Workspace]:
-    """Clean leftovers, then yield a fresh workspace; purge its folder afterwards."""
-    prefix = f"{NAME_ROOT}{os.getpid()}-{secrets.token_hex(2)}-"
-    cleanup_leftovers(conn, prefix)
-    root = TMP_PARENT / prefix.rstrip("-")
-    _mkdir(root)
+def _registry(state: Path) -> Iterator[None]:
+    state.mkdir(mode=0o755, parents=True, exist_ok=True)
+    fd = os.open(state / REGISTRY, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        yield Workspace(prefix, root)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
-        purge_files(root)
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: Kind
+    name: str
+
+
+class Manifest:
+    """A run's claim: a file flock-ed (LOCK_EX) as long as the run lives, one JSON entry a line."""
+
+    def __init__(self, path: Path, fd: int, prefix: str) -> None:
+        self.path, self.prefix = path, prefix
+        self._fd: int | None = fd
+
+    @classmethod
+    def create(cls, state: Path = STATE) -> Manifest:
+        """A new, locked manifest under a new unique prefix (its first entry)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        with _registry(state):
+            while True:
+                prefix = f"{NAME_ROOT}{os.getpid()}-{secrets.token_hex(4)}-"
+                path = state / (prefix.rstrip("-") + MANIFEST)
+                try:
+                    fd = os.open(path, flags, 0o644)
+                except FileExistsError:
+                    continue
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can have it yet
+                manifest = cls(path, fd, prefix)
+                manifest.record("prefix", prefix)
+                return manifest
+
+    def record(self, kind: Kind, name: str) -> None:
+        """Add an entry (call it before making the object: listing a missing one is fine)."""
+        assert self._fd is not None, f"{self.path} is closed"
+        os.write(self._fd, (json.dumps({"kind": kind, "name": name}) + "\n").encode())
+
+    def entries(self) -> list[Entry]:
+        return read_entries(self.path)
+
+    def release(self) -> None:
+        """Delete the manifest (everything it lists is gone), then drop the lock."""
+        with _registry(self.path.parent):
+            self.path.unlink(missing_ok=True)
+        self.close()
+
+    def close(self) -> None:
+        """Drop the lock, keeping the file: what it lists is now a leftover for the next run."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def read_entries(path: Path) -> list[Entry]:
+    """A manifest's entries; a line cut short by a crash is skipped."""
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+            entries.append(Entry(item["kind"], item["name"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return entries
+
+
+def remove_entries(conn: libvirt.virConnect, entries: Sequence[Entry]) -> None:
+    """Remove what a manifest lists: domains, then pools (each listed by name, or named with
+    a listed prefix), then folders (directly under TMP_PARENT only, with their mounts and loop
+    devices). Idempotent: objects already gone are fine."""
+    prefixes = tuple(e.name for e in entries if e.kind == "prefix" and PREFIX_RE.fullmatch(e.name))
+
+    def owned(kind: Kind, found: Iterator[str]) -> list[str]:
+        listed = [e.name for e in entries if e.kind == kind]
+        return listed + [n for n in found if prefixes and n.startswith(prefixes)]
+
+    for name in owned("domain", (d.name() for d in conn.listAllDomains(0))):
+        remove_domain(conn, name)
+    for name in owned("pool", (p.name() for p in conn.listAllStoragePools(0))):
+        remove_pool(conn, name)
+    for entry in entries:
+        folder = Path(entry.name)
+        ours = folder.parent == TMP_PARENT and folder.name.startswith(NAME_ROOT)
+        if entry.kind == "folder" and ours:
+            purge_files(folder)
+
+
+def cleanup_leftovers(conn: libvirt.virConnect, state: Path = STATE) -> list[Path]:
+    """Remove what the manifests of dead runs (lock free) list, then those manifests; return
+    them. A manifest still locked belongs to a live run (or one being cleaned): left alone."""
+    claimed: list[tuple[Path, int]] = []
+    with _registry(state):
+        for path in sorted(state.glob(f"*{MANIFEST}")):
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            claimed.append((path, fd))
+    done = []
+    for path, fd in claimed:
+        try:
+            remove_entries(conn, read_entries(path))
+            with _registry(state):
+                path.unlink(missing_ok=True)
+            done.append(path)
+        except (libvirt.libvirtError, OSError, RuntimeError) as err:
+            warnings.warn(f"test bed: leftovers of {path} stay: {err}", stacklevel=2)
+        finally:
+            os.close(fd)
+    return done
+
+
+@contextmanager
+def open_workspace(conn: libvirt.virConnect, state: Path = STATE) -> Iterator[Workspace]:
+    """Claim a prefix (a locked manifest), clean dead runs' leftovers, yield a fresh workspace.
+
+    Afterwards remove whatever the manifest lists (teardown may have left some), then delete
+    it; if that fails the manifest stays, unlocked, for the next run to clean.
+    """
+    manifest = Manifest.create(state)
+    try:
+        cleanup_leftovers(conn, state)
+        root = TMP_PARENT / manifest.prefix.rstrip("-")
+        manifest.record("folder", str(root))
+        _mkdir(root)
+        try:
+            yield Workspace(manifest.prefix, root, manifest)
+        finally:
+            remove_entries(conn, manifest.entries())
+        manifest.release()
+    finally:
+        manifest.close()
 
 
 # --- pools and domains --------------------------------------------------------------------
@@ -333,6 +454,7 @@ def open_workspace(conn: libvirt.virConnect) -> Iterator[Workspace]:
 
 def _define_pool(
     conn: libvirt.virConnect,
+    ws: Workspace,
     stack: ExitStack,
     name: str,
     path: Path,
@@ -340,7 +462,8 @@ def _define_pool(
     device: str | None = None,
     start: bool = True,
 ) -> libvirt.virStoragePool:
-    """Define a persistent dir pool (fs pool if `device`), undone on `stack`; start it."""
+    """Define a persistent dir pool (fs pool if `device`), recorded in the workspace's
+    manifest and undone on `stack`; start it."""
     if device is None:
         xml = f"<pool type='dir'><name>{name}</name><target><path>{path}</path></target></pool>"
     else:
@@ -348,6 +471,7 @@ def _define_pool(
             f"<pool type='fs'><name>{name}</name><source><device path={quoteattr(device)}/>"
             f"<format type='ext4'/></source><target><path>{path}</path></target></pool>"
         )
+    ws.record("pool", name)
     pool = conn.storagePoolDefineXML(xml, 0)
     stack.callback(remove_pool, conn, name)
     if start:
@@ -371,17 +495,20 @@ def _disk_xml(dev: str, kind: str, image: ImageSpec) -> str:
 
 def _define_domain(
     conn: libvirt.virConnect,
+    ws: Workspace,
     stack: ExitStack,
     name: str,
     disks: Sequence[tuple[str, str, ImageSpec]],
 ) -> libvirt.virDomain:
-    """Define a persistent diskless-OS TCG guest (SeaBIOS just spins), undone on `stack`."""
+    """Define a persistent diskless-OS TCG guest (SeaBIOS just spins), recorded in the
+    workspace's manifest and undone on `stack`."""
     xml = (
         f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
         "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
         + "".join(_disk_xml(*disk) for disk in disks)
         + "<memballoon model='none'/></devices></domain>"
     )
+    ws.record("domain", name)
     dom = conn.defineXML(xml)
     stack.callback(remove_domain, conn, name)
     return dom
@@ -416,10 +543,10 @@ def _build(conn: libvirt.virConnect, ws: Workspace, stack: ExitStack) -> Bed:
     block_device = _losetup(block_file)
 
     pools = {
-        "dir": _define_pool(conn, stack, names["dir"], folders["dir"]),
-        "fs": _define_pool(conn, stack, names["fs"], folders["fs"], device=fs_device),
+        "dir": _define_pool(conn, ws, stack, names["dir"], folders["dir"]),
+        "fs": _define_pool(conn, ws, stack, names["fs"], folders["fs"], device=fs_device),
     }
-    _define_pool(conn, stack, names["inactive"], folders["inactive"], start=False)
+    _define_pool(conn, ws, stack, names["inactive"], folders["inactive"], start=False)
 
     images: dict[str, ImageSpec] = {}
     for r in RECIPES:
@@ -458,7 +585,7 @@ def _build(conn: libvirt.virConnect, ws: Workspace, stack: ExitStack) -> Bed:
     }
     domains = {
         name: _define_domain(
-            conn, stack, name, [(dev, kind, images[key]) for dev, kind, key in layout]
+            conn, ws, stack, name, [(dev, kind, images[key]) for dev, kind, key in layout]
         )
         for name, layout in layouts.items()
     }
@@ -497,5 +624,5 @@ def scratch_pool(conn: libvirt.virConnect, ws: Workspace) -> Iterator[PoolSpec]:
     path = _mkdir(ws.root / name)
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, path, ignore_errors=True)
-        _define_pool(conn, stack, name, path)
+        _define_pool(conn, ws, stack, name, path)
         yield PoolSpec(name, str(path))
