@@ -6,9 +6,15 @@ Any test that uses `libvirtd` or a fixture built on it (`libvirt_conn`, `workspa
 
 from collections.abc import Iterator
 
+import golden
 import libvirt
 import pytest
 import testbed
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse AUDITOR_REGEN_GOLDEN=1 in CI before any test runs."""
+    golden.refuse_regen_in_ci()
 
 
 @pytest.hookimpl(tryfirst=True)
