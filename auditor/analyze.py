@@ -27,7 +27,6 @@ from auditor.models import (
 MiB = 1 << 20
 QCOW2_CLUSTER = 64 * 1024
 OPAQUE_BACKENDS = frozenset({"iscsi", "iscsi-direct", "scsi", "mpath"})
-GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})
 MAX_VIRTUAL = 1 << 62  # beyond any real disk: a corrupt header (libvirt reads it unchecked)
 
 
@@ -163,7 +162,7 @@ def _summary(
         state=state,
         capacity=capacity,
         allocation=allocation,
-        available=available,
+        usable_free=available,
         volumes=f.volumes if f else None,
         thin=f.thin if f else None,
         preallocated=f.preallocated if f else None,
@@ -229,9 +228,8 @@ def summarize_pools(host: HostInventory, reports: list[DiskReport]) -> list[Pool
 
 def require_pool(summary: Summary, pool: str | None) -> None:
     """Raise NotFound unless ``pool`` (when given) is a pool of some collected host."""
-    if pool is not None and not any(p.pool == pool and p.type not in GROUP_TYPES
-                                    for p in summary.pools):  # fmt: skip
-        known = sorted({p.pool for p in summary.pools if p.type not in GROUP_TYPES})
+    if pool is not None and not any(p.pool == pool and p.is_pool for p in summary.pools):
+        known = sorted({p.pool for p in summary.pools if p.is_pool})
         raise NotFound(f"pool {pool!r} not found", f"known pools: {', '.join(known) or 'none'}")
 
 

@@ -55,3 +55,7 @@ class OperationError(AuditorError):
 
 class HistoryError(AuditorError):
     """The history database is unusable (corrupt, foreign, locked)."""
+
+
+class PublishError(AuditorError):
+    """The report folder cannot be written or replaced."""

@@ -134,7 +134,7 @@ class PoolPoint:
             state=p.state,
             capacity=p.capacity,
             allocation=p.allocation,
-            available=p.available,  # the summary's usable free space (the column stays)
+            available=p.usable_free,  # the column keeps its name
             volumes=p.volumes,
             thin=p.thin,
             preallocated=p.preallocated,

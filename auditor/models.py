@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})  # summary rows that are not libvirt pools
+
 
 class Provisioning(StrEnum):
     """How much of its virtual size a disk already holds on the host."""
@@ -188,7 +190,7 @@ class PoolSummary:
     state: str
     capacity: int | None
     allocation: int | None
-    available: int | None
+    usable_free: int | None  # statvfs f_bavail where known, else libvirt's available
     volumes: int | None  # counts and sums are None for an inactive pool: it cannot list them
     thin: int | None
     preallocated: int | None
@@ -202,6 +204,11 @@ class PoolSummary:
     target: str = ""  # the pool's target path
     autostart: bool | None = None  # None for group rows
     persistent: bool | None = None
+
+    @property
+    def is_pool(self) -> bool:
+        """A libvirt pool's row, not a shared-filesystem group or unmanaged disks."""
+        return self.type not in GROUP_TYPES
 
 
 @dataclass(frozen=True)

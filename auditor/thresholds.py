@@ -27,10 +27,10 @@ class Assessment:
 
 
 def used_percent(p: PoolSummary) -> float | None:
-    """used_percent = (capacity - available) / capacity * 100; available is the usable free."""
-    if not p.capacity or p.available is None:
+    """used_percent = (capacity - usable free) / capacity * 100."""
+    if not p.capacity or p.usable_free is None:
         return None
-    return round((p.capacity - p.available) / p.capacity * 100, 2)
+    return round((p.capacity - p.usable_free) / p.capacity * 100, 2)
 
 
 def _level(value: float | None, warn: float, crit: float) -> Level:

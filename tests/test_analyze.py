@@ -94,7 +94,7 @@ def test_pool_figures_shared_filesystem_and_inactive_pool() -> None:
     s = analyze(Inventory(hosts=(host,)))
     rows = {p.pool: p for p in s.pools}
     assert rows["a"].provisioned == 8 * GiB and rows["a"].used == 0
-    assert rows["a"].available == 5 * GiB  # usable (f_bavail), not libvirt's 6 GiB
+    assert rows["a"].usable_free == 5 * GiB  # usable (f_bavail), not libvirt's 6 GiB
     assert rows["a"].overcommit_ratio == 0.8 and rows["a"].exposure == 8 * GiB
     assert (rows["b"].volumes, rows["b"].thin, rows["b"].preallocated) == (2, 1, 1)
     assert rows["b"].overcommit_ratio == 2.6
@@ -102,7 +102,7 @@ def test_pool_figures_shared_filesystem_and_inactive_pool() -> None:
     assert off.state == "inactive" and off.capacity is None and off.volumes is None
     group = rows["a+b"]
     assert group.type == "shared-fs" and group.members == ("a", "b")
-    assert (group.capacity, group.allocation, group.available) == (10 * GiB, 4 * GiB, 5 * GiB)
+    assert (group.capacity, group.allocation, group.usable_free) == (10 * GiB, 4 * GiB, 5 * GiB)
     assert group.provisioned == 34 * GiB and group.overcommit_ratio == 3.4
 
 

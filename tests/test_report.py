@@ -22,10 +22,11 @@ from summaries import GiB, summary
 
 from auditor.analyze import full_size
 from auditor.config import Config
+from auditor.errors import PublishError
 from auditor.history import open_history, parse_time
 from auditor.nightly import build_page, volume_changes
 from auditor.report import html
-from auditor.report.publish import FILES, PublishError, publish, render_files
+from auditor.report.publish import FILES, publish, render_files
 from auditor.report.rows import POOL_COLUMNS, SIZE_COLUMNS, VOLUME_COLUMNS
 
 HOST = uri_of("report-host.xml")

@@ -14,7 +14,7 @@ GiB = 1 << 30
 def summary(capacity: int | None, available: int | None, ratio: float | None) -> PoolSummary:
     return PoolSummary(
         host="h", pool="p", type="dir", state="running" if capacity else "inactive",
-        capacity=capacity, allocation=None, available=available, volumes=1, thin=1,
+        capacity=capacity, allocation=None, usable_free=available, volumes=1, thin=1,
         preallocated=0, unknown=0, provisioned=None, used=None, overcommit_ratio=ratio,
         exposure=None,
     )  # fmt: skip

@@ -191,7 +191,7 @@ def pool_list(app: App, fmt: str) -> int:
     """One row per pool, active or not, with its overcommit ratio."""
     with _context(app, write=False) as ctx:
         summary = ctx.view.summary
-        rows = [pool_row(s) for s in summary.pools if s.type not in ("shared-fs", "unmanaged")]
+        rows = [pool_row(s) for s in summary.pools if s.is_pool]
         return emit("pools", rows, POOL_LIST_COLUMNS, fmt, summary)
 
 
@@ -368,7 +368,7 @@ def vol_info(app: App, pool_name: str, name: str, fmt: str) -> None:
             "defined_users": list(info.users.defined),
             "overlays": list(info.users.overlays),
             "pool_overcommit_ratio": info.pool.overcommit_ratio if info.pool else None,
-            "pool_available": info.pool.available if info.pool else None,
+            "pool_available": info.pool.usable_free if info.pool else None,
         }
         doc.pop("used_by")
         _key_values(doc, fmt)

@@ -72,7 +72,7 @@ def check_free_space(view: View, pool: str, need: int, what: str) -> int | None:
     """Usable free space of ``pool`` after using ``need`` bytes; refuse if there is not
     enough. None when the pool's free space is not known."""
     s = view.figures(pool)
-    usable = s.available if s is not None else None
+    usable = s.usable_free if s is not None else None
     if usable is None:
         return None
     if need > usable:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from auditor.analyze import GROUP_TYPES, analyze
+from auditor.analyze import analyze
 from auditor.collect import Probes, collect_host, recollect_pools
 from auditor.config import Config
 from auditor.errors import NotFound, OperationError
@@ -91,7 +91,7 @@ class View:
 
     def figures(self, name: str) -> PoolSummary | None:
         for s in self.summary.pools:
-            if s.host == self.host and s.pool == name and s.type not in GROUP_TYPES:
+            if s.host == self.host and s.pool == name and s.is_pool:
                 return s
         return None
 
@@ -180,7 +180,7 @@ class View:
             out[Figure.VOLUMES] = s.volumes
             out[Figure.PROVISIONED] = s.provisioned
             out[Figure.RATIO] = s.overcommit_ratio
-            out[Figure.USABLE] = s.available
+            out[Figure.USABLE] = s.usable_free
         r = self.find(p.name, volume) if volume is not None and p.active else None
         if r is not None:
             out[Figure.VIRTUAL] = r.disk.virtual_size

@@ -52,9 +52,9 @@ class Bar:
 def bar(status: PoolStatus) -> Bar | None:
     """The geometry of a pool's bar; None when its capacity is not known."""
     p = status.pool
-    if not p.capacity or p.available is None:
+    if not p.capacity or p.usable_free is None:
         return None
-    used = max(0, p.capacity - p.available)
+    used = max(0, p.capacity - p.usable_free)
     scale = max(p.capacity, p.provisioned or 0, used)
 
     def x(n: float) -> float:

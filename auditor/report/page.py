@@ -10,7 +10,6 @@ from typing import Any, Protocol
 from auditor.models import DiskReport, PoolSummary, Summary, overcommit_ratio
 from auditor.report.rows import pool_row, skip_row, volume_rows
 
-GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})  # summary rows that are not libvirt pools
 PROBLEM_LEVELS = ("crit", "warn")
 
 
@@ -41,7 +40,7 @@ class PoolDelta:
     volumes: int | None
     used: int | None
     provisioned: int | None
-    available: int | None
+    usable_free: int | None
     exposure: int | None
 
     @classmethod
@@ -51,7 +50,7 @@ class PoolDelta:
             volumes=_minus(now.volumes, before.volumes),
             used=_minus(now.used, before.used),
             provisioned=_minus(now.provisioned, before.provisioned),
-            available=_minus(now.available, before.available),
+            usable_free=_minus(now.usable_free, before.available),
             exposure=_minus(now.exposure, before.exposure),
         )
 
@@ -61,7 +60,7 @@ class PoolDelta:
             "volumes": self.volumes,
             "used": self.used,
             "provisioned": self.provisioned,
-            "available": self.available,
+            "available": self.usable_free,
             "exposure": self.exposure,
         }
 
@@ -109,13 +108,13 @@ class Totals:
     capacity: int
     provisioned: int
     used: int
-    available: int
+    usable_free: int  # "available" in summary.json
     exposure: int
     overcommit_ratio: float | None
     over_threshold: int
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {("available" if k == "usable_free" else k): v for k, v in self.__dict__.items()}
 
 
 @dataclass(frozen=True)
@@ -155,15 +154,14 @@ class Page:
         spaces = [
             p
             for p in pools
-            if p.type == "shared-fs"
-            or (p.type not in GROUP_TYPES and (p.host, p.pool) not in grouped)
+            if p.type == "shared-fs" or (p.is_pool and (p.host, p.pool) not in grouped)
         ]
         disks = self.summary.disks
         capacity = sum(p.capacity or 0 for p in spaces)
         provisioned = sum(p.provisioned or 0 for p in spaces)
         return Totals(
             hosts=len(self.summary.hosts),
-            pools=sum(p.type not in GROUP_TYPES for p in pools),
+            pools=sum(p.is_pool for p in pools),
             inactive_pools=len(self.inactive),
             volumes=len(disks),
             unmanaged=sum(not r.disk.managed for r in disks),
@@ -173,7 +171,7 @@ class Page:
             capacity=capacity,
             provisioned=provisioned,
             used=sum(p.used or 0 for p in spaces),
-            available=sum(p.available or 0 for p in spaces),
+            usable_free=sum(p.usable_free or 0 for p in spaces),
             exposure=sum(p.exposure or 0 for p in spaces),
             overcommit_ratio=overcommit_ratio(provisioned, capacity),
             over_threshold=len(self.problems),

@@ -14,17 +14,13 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from auditor.errors import AuditorError
+from auditor.errors import PublishError
 from auditor.report import html
 from auditor.report.page import Page
 from auditor.report.rows import POOL_COLUMNS, VOLUME_COLUMNS, pool_rows, volume_rows
 from auditor.report.tables import to_csv
 
 FILES = ("report.html", "pools.csv", "volumes.csv", "summary.json")
-
-
-class PublishError(AuditorError):
-    """The report folder cannot be written or replaced."""
 
 
 def render_files(page: Page) -> dict[str, bytes]:

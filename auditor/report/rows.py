@@ -45,7 +45,12 @@ def volume_row(r: DiskReport) -> dict[str, Any]:
 
 
 def pool_row(p: PoolSummary) -> dict[str, Any]:
-    return {c: getattr(p, c) for c in POOL_COLUMNS} | {"filesystem": p.filesystem or ""}
+    """The CSV/JSON row; its ``available`` column is the usable free space."""
+    fields = {c: getattr(p, c) for c in POOL_COLUMNS if c != "available"}
+    return {c: fields.get(c) for c in POOL_COLUMNS} | {
+        "available": p.usable_free,
+        "filesystem": p.filesystem or "",
+    }
 
 
 def skip_row(s: Skip) -> dict[str, Any]:
