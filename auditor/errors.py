@@ -59,3 +59,22 @@ class HistoryError(AuditorError):
 
 class PublishError(AuditorError):
     """The report folder cannot be written or replaced."""
+
+
+class StateError(AuditorError):
+    """The state folder (journal, locks) cannot be used."""
+
+
+class Interrupted(BaseException):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind (aborting streams, removing what this run
+    made) and exit with 128 + the signal number. Like KeyboardInterrupt, not an Exception,
+    so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int, name: str) -> None:
+        super().__init__(name)
+        self.signum = signum
+        self.name = name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

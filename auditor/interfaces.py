@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from auditor.errors import AuditorError
 from auditor.models import (
@@ -54,7 +54,10 @@ class StorageHost(HostSource, Protocol):
     def calls(self, request: Request) -> tuple[LibvirtCall, ...]: ...
 
     def execute(
-        self, request: Request, progress: Progress | None = None
+        self,
+        request: Request,
+        progress: Progress | None = None,
+        made: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[LibvirtCall, ...]: ...
 
     def domain_targets(self, domain: str) -> frozenset[str]: ...

@@ -374,8 +374,9 @@ class Upload:
 class Download:
     pool: str
     name: str
-    file: str  # the final path; the data goes to a temporary file beside it first
+    file: str  # the final path
     overwrite: bool
+    temp: str  # the new file beside it that receives the data, then is renamed to ``file``
 
 
 @dataclass(frozen=True)

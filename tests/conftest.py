@@ -4,6 +4,8 @@ Any test that uses `libvirtd` or a fixture built on it (`libvirt_conn`, `workspa
 `scratch_pool`) is marked `libvirtd` automatically. A missing daemon is an error, not a skip.
 """
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import golden
@@ -13,8 +15,10 @@ import testbed
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse AUDITOR_REGEN_GOLDEN=1 in CI before any test runs."""
+    """Refuse AUDITOR_REGEN_GOLDEN=1 in CI before any test runs; give this run a state folder
+    (journal, locks) of its own, which every auditor the tests run inherits."""
     golden.refuse_regen_in_ci()
+    os.environ["AUDITOR_STATE"] = tempfile.mkdtemp(prefix="auditor-state-")
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -9,16 +9,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
 
+from auditor.adapters import signals
 from auditor.adapters.libvirt_calls import calls_for
 from auditor.errors import AuditorError, ConnectError, NotFound, OperationError
 from auditor.models import (
@@ -49,6 +50,7 @@ from auditor.models import (
 )
 
 T = TypeVar("T")
+Made = Callable[[dict[str, Any]], None]  # hears of what a run created
 
 
 def _ignore_libvirt_errors(_ctx: object, _err: object) -> None:
@@ -327,10 +329,13 @@ class LibvirtHost:
         return calls_for(request)
 
     def execute(
-        self, request: Request, progress: Progress | None = None
+        self, request: Request, progress: Progress | None = None, made: Made | None = None
     ) -> tuple[LibvirtCall, ...]:
-        """Carry out ``request`` with exactly the calls ``calls`` describes; return them."""
+        """Carry out ``request`` with exactly the calls ``calls`` describes; return them.
+        ``made`` hears of every volume or file this run creates, before anything else is
+        done with it (the journal's proof of what is ours)."""
         calls = calls_for(request)
+        tell = made or (lambda _what: None)
         match request:
             case DefinePool(spec):
                 with _translate(f"pool {spec.name}"):
@@ -338,11 +343,11 @@ class LibvirtHost:
             case BuildPool(pool) | PoolAction(pool) | SetAutostart(pool):
                 self._pool_call(pool, calls[0])
             case CreateVolume(spec):
-                self._create(spec, calls[0])
+                self._create(spec, calls[0], tell)
             case Upload(spec, file):
-                self._upload(spec, file, calls, progress)
-            case Download(pool, name, file, overwrite):
-                self._download(self._lookup_volume(pool, name), file, overwrite, calls[0], progress)
+                self._upload(spec, file, calls, progress, tell)
+            case Download(pool, name):
+                self._download(self._lookup_volume(pool, name), request, calls[0], progress, tell)
             case _:
                 self._volume_or_domain_call(request, calls[0])
         return calls
@@ -433,35 +438,57 @@ class LibvirtHost:
             raise _error(exc, f"volume {handle.name()}/{name}") from exc
         return True
 
-    def _remove_partial(self, handle: libvirt.virStoragePool, name: str) -> None:
-        """Delete what a failed create, clone or upload left behind (libvirt may have already)."""
-        with contextlib.suppress(libvirt.libvirtError):
-            handle.storageVolLookupByName(name).delete(0)
-
-    def _create(self, spec: VolumeSpec, call: LibvirtCall) -> None:
-        """Create ``spec`` (a clone of ``spec.source`` if set); a failure leaves no volume."""
+    def _create(self, spec: VolumeSpec, call: LibvirtCall, tell: Made) -> _Ours:
+        """Create ``spec`` (a clone of ``spec.source`` if set) and say what was made. A
+        failed create leaves no volume: libvirt removes what its own failed build left."""
         handle = self._lookup_pool(spec.pool)
         if self._volume_exists(handle, spec.name):
             raise OperationError(
                 f"volume {spec.name} already exists in pool {spec.pool}", "choose another name"
             )
         source = self._lookup_volume(spec.pool, spec.source) if spec.source else None
+        with signals.deferred():  # a signal waits until the new volume is on record
+            try:
+                if source is None:
+                    vol = handle.createXML(call.document, _flags(call))
+                else:
+                    vol = handle.createXMLFrom(call.document, source, _flags(call))
+            except libvirt.libvirtError as exc:
+                if spec.reflink and "not supported" in _msg(exc):
+                    raise OperationError(
+                        f"pool {spec.pool}: its filesystem cannot reflink ({_msg(exc)})",
+                        "reflink needs btrfs, or xfs made with reflink=1; clone without --reflink",
+                    ) from exc
+                raise _error(exc, f"volume {spec.pool}/{spec.name}") from exc
+            ours = self._ours(spec.pool, vol)
+            tell(ours.proof())
+        return ours
+
+    def _ours(self, pool: str, vol: libvirt.virStorageVol) -> _Ours:
+        with _translate(f"volume {pool}/{vol.name()}"):
+            key, path = vol.key(), vol.path()
+        inode = None
+        if self.local and path.startswith("/"):
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                inode = (st.st_dev, st.st_ino)
+        return _Ours(pool, vol.name(), key, path, inode)
+
+    def _remove(self, ours: _Ours) -> None:
+        """Delete a volume this run created, only if it is still that volume (same key, and
+        on this machine the same inode): never another one that took its name."""
+        with contextlib.suppress(libvirt.libvirtError):
+            vol = self._conn.storagePoolLookupByName(ours.pool).storageVolLookupByName(ours.name)
+            if self._ours(ours.pool, vol).same(ours):
+                vol.delete(0)
+
+    @contextlib.contextmanager
+    def _removed_on_interrupt(self, ours: _Ours) -> Iterator[None]:
+        """Remove ``ours`` if anything fails or interrupts the block."""
         try:
-            if source is None:
-                handle.createXML(call.document, _flags(call))
-            else:
-                handle.createXMLFrom(call.document, source, _flags(call))
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() != libvirt.VIR_ERR_STORAGE_VOL_EXIST:  # made meanwhile
-                self._remove_partial(handle, spec.name)
-            if spec.reflink and "not supported" in _msg(exc):
-                raise OperationError(
-                    f"pool {spec.pool}: its filesystem cannot reflink ({_msg(exc)})",
-                    "reflink needs btrfs, or xfs made with reflink=1; clone without --reflink",
-                ) from exc
-            raise _error(exc, f"volume {spec.pool}/{spec.name}") from exc
+            yield
         except BaseException:
-            self._remove_partial(handle, spec.name)
+            self._remove(ours)
             raise
 
     def _upload(
@@ -470,50 +497,72 @@ class LibvirtHost:
         file: str,
         calls: tuple[LibvirtCall, ...],
         progress: Progress | None,
+        tell: Made,
     ) -> None:
         """Create ``spec`` and fill it with ``file`` as a sparse stream (holes are sent as
-        holes); on any failure the stream is aborted and the new volume removed."""
+        holes); on any failure or signal the stream is aborted and the new volume removed."""
         try:
             fd = os.open(file, os.O_RDONLY)
         except OSError as exc:
             raise OperationError(f"cannot read {file}: {exc.strerror}") from exc
         try:
-            self._create(spec, calls[0])
-            handle = self._lookup_pool(spec.pool)
-            try:
-                vol = handle.storageVolLookupByName(spec.name)
+            ours = self._create(spec, calls[0], tell)
+            with self._removed_on_interrupt(ours):
+                vol = self._lookup_volume(spec.pool, spec.name)
                 stream = self._conn.newStream(0)
                 offset, length = calls[1].arg("offset"), calls[1].arg("length")
                 with _streaming(stream, f"upload of {file} to {spec.pool}/{spec.name}"):
                     vol.upload(stream, offset, length, _flags(calls[1]))
                     stream.sparseSendAll(_reader(progress), _in_data, _skipper(progress), fd)
                     stream.finish()
-            except BaseException:
-                self._remove_partial(handle, spec.name)
-                raise
         finally:
             os.close(fd)
 
     def _download(
         self,
         vol: libvirt.virStorageVol,
-        file: str,
-        overwrite: bool,
+        request: Download,
         call: LibvirtCall,
         progress: Progress | None,
+        tell: Made,
     ) -> None:
-        """Write a volume's content to a new temporary file beside ``file`` (mode 0600, never
-        following a link) as a sparse stream, then move it into place: over ``file`` only
-        with ``overwrite``. Any failure removes the temporary file; ``file`` is untouched."""
-        what = f"download of {vol.name()} to {file}"
-        with _temporary_beside(file) as (fd, temp):
+        """Write a volume's content to the new file ``request.temp`` beside the target (mode
+        0600, never following a link) as a sparse stream, then move it into place: over the
+        target only with ``overwrite``. Any failure or signal removes the temporary file;
+        the target is untouched."""
+        what = f"download of {vol.name()} to {request.file}"
+        with contextlib.ExitStack() as stack:
+            with signals.deferred():  # the temporary file is on record before it fills
+                fd = stack.enter_context(_new_file(request.temp))
+                st = os.fstat(fd)
+                tell({"file": request.temp, "inode": [st.st_dev, st.st_ino]})
             stream = self._conn.newStream(0)
             with _streaming(stream, what):
                 vol.download(stream, call.arg("offset"), call.arg("length"), _flags(call))
                 stream.sparseRecvAll(_writer(progress), _hole_writer(progress), fd)
                 stream.finish()
             os.fsync(fd)
-            _move_into_place(temp, file, overwrite)
+            with signals.deferred():
+                _move_into_place(request.temp, request.file, request.overwrite)
+
+
+@dataclass(frozen=True)
+class _Ours:
+    """A volume this run created: where, and what proves it is still the same one."""
+
+    pool: str
+    name: str
+    key: str
+    path: str
+    inode: tuple[int, int] | None  # (st_dev, st_ino) on this machine
+
+    def same(self, other: _Ours) -> bool:
+        return (self.key, self.path, self.inode) == (other.key, other.path, other.inode)
+
+    def proof(self) -> dict[str, Any]:
+        inode = list(self.inode) if self.inode else None
+        return {"volume": f"{self.pool}/{self.name}", "key": self.key, "path": self.path,
+                "inode": inode}  # fmt: skip
 
 
 def _block_sizes(st: dict[str, Any], running: bool) -> dict[str, tuple[int | None, int | None]]:
@@ -709,21 +758,19 @@ def _const(value: object) -> int:
 
 
 @contextlib.contextmanager
-def _temporary_beside(file: str) -> Iterator[tuple[int, str]]:
-    """A new file (O_EXCL, O_NOFOLLOW, mode 0600) in the folder of ``file``; removed unless
-    it was moved into place."""
-    folder, name = os.path.split(os.path.abspath(file))
-    temp = os.path.join(folder, f".{name}.auditor-{secrets.token_hex(4)}")
+def _new_file(path: str) -> Iterator[int]:
+    """A new file (O_EXCL, O_NOFOLLOW, mode 0600) at ``path``; removed unless it was moved
+    into place."""
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except OSError as exc:
-        raise OperationError(f"cannot write in {folder}: {exc.strerror}") from exc
+        raise OperationError(f"cannot write {path}: {exc.strerror}") from exc
     try:
-        yield fd, temp
+        yield fd
     finally:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+            os.unlink(path)
 
 
 def _fsync_folder(folder: str) -> None:

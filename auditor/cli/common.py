@@ -15,6 +15,7 @@ from auditor.adapters.libvirt import LibvirtHost
 from auditor.collect import Probes
 from auditor.config import DEFAULT_POLICY
 from auditor.errors import EXIT_OK, EXIT_PARTIAL
+from auditor.journal import DEFAULT_STATE
 from auditor.models import Summary
 from auditor.report import table
 from auditor.report.rows import SKIP_COLUMNS, skip_row
@@ -30,6 +31,7 @@ class App:
     uris: list[str | None]
     debug: bool = False
     read_only: bool = False
+    state: str = DEFAULT_STATE  # the journal and the per-host locks
 
     def connect(self, uri: str | None) -> LibvirtHost:
         """A connection for reading: read-write if allowed (to refresh pools), else read-only."""

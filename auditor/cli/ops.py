@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, TypeVar
 
 import click
@@ -18,6 +18,7 @@ from auditor import ops
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.cli.common import App, emit, format_option, group, policy_option
 from auditor.config import load
+from auditor.journal import Journal, host_lock
 from auditor.models import WIPE_ALGORITHMS, PoolDefinition, PoolOp, Progress
 from auditor.ops import Change, Context, Outcome, Plan, Unit
 from auditor.report.rows import SIZE_COLUMNS, pool_row, volume_row
@@ -58,16 +59,30 @@ def yes_option(what: str) -> Callable[[F], F]:
 
 
 @contextmanager
-def _context(app: App, policy_path: str | None = None, *, write: bool = True) -> Iterator[Context]:
+def _context(
+    app: App, policy_path: str | None = None, *, write: bool = True, act: bool = False
+) -> Iterator[Context]:
     """A connection to the one host (read-write unless only reading), the policy, and what the
-    audit sees now."""
+    audit sees now. ``act``: this run will change the host, so it holds the host's lock (from
+    planning to the end) and journals what it does."""
     if len(app.uris) > 1:
         raise click.UsageError("pool and vol commands act on one host: give one --connect")
     if write and app.read_only:
         raise click.UsageError("--read-only: this command needs a read-write connection")
     policy = load(policy_path)
-    with LibvirtHost.connect(app.uris[0], write=write, read_only=app.read_only) as host:
-        yield ops.context(host, app.probes, policy)
+    with ExitStack() as stack:
+        host = stack.enter_context(
+            LibvirtHost.connect(app.uris[0], write=write, read_only=app.read_only)
+        )
+        journal = None
+        if act:
+            stack.enter_context(host_lock(app.state, host.uri, waiting=_waiting))
+            journal = Journal(app.state)
+        yield ops.context(host, app.probes, policy, journal)
+
+
+def _waiting(holder: str) -> None:
+    click.echo(f"auditor: waiting for another auditor run on this host ({holder})", err=True)
 
 
 def _value(c: Change, v: ops.Value) -> str:
@@ -131,7 +146,7 @@ def _run(
     policy_path: str | None = None,
 ) -> None:
     """Plan, print; unless a dry run, apply and print the outcome."""
-    with _context(app, policy_path) as ctx:
+    with _context(app, policy_path, act=not dry_run) as ctx:
         plan = make(ctx)
         _show_plan(plan, figures=dry_run)
         if dry_run:

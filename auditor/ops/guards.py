@@ -5,14 +5,23 @@
 - overcommit: refuse when a pool's overcommit ratio would exceed its ``overcommit_crit``
   (``force`` overrides, with a note);
 - free space: refuse what needs more than the usable free space (nothing overrides that);
-- confirmation: a plan that destroys data needs ``yes``.
+- confirmation: a plan that destroys data needs ``yes``;
+- re-checked: right before delete, wipe, resize and attach run, the in-use guards are
+  evaluated again against a fresh read of the domains.
 """
 
 from __future__ import annotations
 
 from auditor.config import Config
 from auditor.errors import InUse, OperationError, PolicyError
-from auditor.models import DiskReport, overcommit_ratio
+from auditor.models import (
+    Attach,
+    DeleteVolume,
+    DiskReport,
+    ResizeVolume,
+    WipeVolume,
+    overcommit_ratio,
+)
 from auditor.ops.plan import Plan
 from auditor.ops.view import Users, View, label
 from auditor.units import human, ratio_text
@@ -87,6 +96,29 @@ def check_free_space(view: View, pool: str, need: int, what: str) -> int | None:
 def check_fresh_name(view: View, pool: str, name: str) -> None:
     if view.find(pool, name) is not None:
         raise OperationError(f"volume {name} already exists in pool {pool}", "choose another name")
+
+
+def recheck(plan: Plan, view: View) -> None:
+    """The in-use guards of a destructive plan once more, against a fresh read of the
+    domains (``view``), right before it runs: a guest started since the plan stops it."""
+    match plan.request:
+        case DeleteVolume(pool, name) | WipeVolume(pool, name):
+            op = "delete" if isinstance(plan.request, DeleteVolume) else "wipe"
+            check_in_use(view, view.volume(pool, name), op, force=plan.force, defined_too=True)
+        case ResizeVolume(pool, name, shrink=shrink):
+            op = "shrink" if shrink else "resize"
+            check_in_use(view, view.volume(pool, name), op, force=plan.force, defined_too=shrink)
+        case Attach(disk):
+            users = view.users(view.volume(disk.pool, disk.volume))
+            if users.any:
+                raise InUse(
+                    f"attach refused: volume {disk.pool}/{disk.volume} is now used by "
+                    f"{users.who()}: two writers corrupt a disk",
+                    "detach it there first",
+                )
+
+
+RECHECKED = (DeleteVolume, WipeVolume, ResizeVolume, Attach)
 
 
 def check_confirmed(plan: Plan, yes: bool) -> None:

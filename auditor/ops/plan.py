@@ -102,6 +102,7 @@ class Plan:
     volume: str | None = None  # the volume measured after apply
     domain: str | None = None
     transfer: int | None = None  # bytes a stream will carry (upload, download)
+    force: bool = False  # the in-use guards were overridden for defined domains and overlays
 
     @property
     def call(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 from auditor.errors import NotFound, OperationError, PolicyError
 from auditor.models import Download, Upload, VolumeSpec
@@ -72,7 +73,9 @@ def plan_download(
             "as it was)"
         )
     size = r.disk.physical or r.disk.virtual_size
-    subject, request = f"{pool}/{name}", Download(pool, name, path, overwrite)
+    folder, base = os.path.split(path)
+    temp = os.path.join(folder, f".{base}.auditor-{secrets.token_hex(4)}")
+    subject, request = f"{pool}/{name}", Download(pool, name, path, overwrite, temp)
     return Plan(
         action=Action.VOL_DOWNLOAD,
         subject=subject,

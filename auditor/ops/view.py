@@ -14,6 +14,7 @@ from auditor.collect import Probes, collect_host, recollect_pools
 from auditor.config import Config
 from auditor.errors import NotFound, OperationError
 from auditor.interfaces import StorageHost
+from auditor.journal import Journal
 from auditor.models import (
     DiskReport,
     Domain,
@@ -196,17 +197,23 @@ class Context:
     probes: Probes
     config: Config
     view: View
+    journal: Journal | None = None  # where mutations are journalled (None: not at all)
 
     def calls(self, request: Request) -> tuple[LibvirtCall, ...]:
         """The adapter's own description of the calls ``request`` makes."""
         return self.host.calls(request)
 
 
-def context(host: StorageHost, probes: Probes, config: Config | None = None) -> Context:
+def context(
+    host: StorageHost,
+    probes: Probes,
+    config: Config | None = None,
+    journal: Journal | None = None,
+) -> Context:
     """The host as the audit sees it now (pools refreshed), with the policy."""
     inventory = collect_host(host, probes, refresh=True)
     summary = analyze(Inventory(hosts=(inventory,)))
-    return Context(host, probes, config or Config(), View(summary, host.host))
+    return Context(host, probes, config or Config(), View(summary, host.host), journal)
 
 
 def remeasured(ctx: Context, pools: Collection[str]) -> Context:

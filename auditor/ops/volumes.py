@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from auditor.analyze import full_size
 from auditor.errors import ConfigError, InUse, OperationError, PolicyError
@@ -294,7 +294,7 @@ def _plan_shrink(
         )
     if allocate:
         raise ConfigError("--allocate applies only when growing")
-    check_in_use(ctx.view, r, "shrink", force=False, defined_too=False)
+    users = check_in_use(ctx.view, r, "shrink", force=force, defined_too=True)
     disk = r.disk.disk_size or 0
     if new < disk:
         raise PolicyError(
@@ -302,14 +302,14 @@ def _plan_shrink(
             f"the volume's disk size ({human(disk)})",
             "a fully allocated volume cannot be shrunk in place; clone it thin first",
         )
-    notes: list[str] = []
+    notes = [f"--force: in use by {users.who()}"] if users.any else []
     after = {**ctx.view.now(r.disk.pool, r.disk.name), Figure.VIRTUAL: new, Figure.DISK: None}
     after[Figure.PROVISIONED], after[Figure.RATIO] = check_overcommit(
         ctx.view, ctx.config, r.disk.pool or "", new - current, force=force, notes=notes
     )
     request = ResizeVolume(r.disk.pool or "", r.disk.name, new, shrink=True)
     confirm = f"the last {human(current - new)} of {subject}'s virtual disk"
-    return _resize_plan(ctx, r, request, after, notes, confirm)
+    return replace(_resize_plan(ctx, r, request, after, notes, confirm), force=force)
 
 
 def _plan_grow(ctx: Context, r: DiskReport, new: int, *, allocate: bool, force: bool) -> Plan:
@@ -387,6 +387,7 @@ def plan_delete(ctx: Context, pool: str, name: str, *, force: bool = False) -> P
         confirm=f"volume {subject} and all its data",
         pool=pool,
         volume=name,
+        force=force,
     )
 
 
@@ -426,6 +427,7 @@ def plan_wipe(
         confirm=f"all data of volume {subject}",
         pool=pool,
         volume=name,
+        force=force,
     )
 
 
