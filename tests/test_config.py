@@ -48,3 +48,35 @@ def test_bad_config_names_the_key(tmp_path: Path, text: str, needle: str) -> Non
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load("/nonexistent/policy.toml")
+
+
+def test_provisioning_policy_per_pool_and_per_host(tmp_path: Path) -> None:
+    f = tmp_path / "policy.toml"
+    f.write_text(
+        '[thresholds]\nexposure_crit = 0.5\n[pools."images"]\nprovisioning = "thin"\n'
+        '[pools."kvm1/images"]\nprovisioning = "preallocated"\nused_crit = 95\n'
+    )
+    cfg = load(str(f))
+    assert cfg.provisioning_of("images") == "thin"
+    assert cfg.provisioning_of("images", "kvm1") == "preallocated"
+    assert cfg.provisioning_of("other") == "any"
+    assert cfg.for_pool("images", "kvm1").used_crit == 95.0
+    assert cfg.for_pool("images", "kvm2").used_crit == 90.0
+    assert cfg.for_pool("images").exposure_crit == 0.5
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[thresholds]\nused_warn = 80\n\n[pools."p"]\nprovisioning = "fat"\n', ":5: [pools."),
+        ("[thresholds]\n\nexposure_crit = 0\n", "bad.toml:3: [thresholds].exposure_crit"),
+        ('[pools."p"]\nused_warn = 70\nused_crit = 60\n', "bad.toml:2:"),
+        ('[pools."p"]\nsize = 1\n', "valid keys: used_warn"),
+    ],
+)
+def test_errors_name_the_line(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(str(f))
+    assert needle in str(err.value), str(err.value)
