@@ -94,6 +94,7 @@ def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostIn
         domains=tuple(domains),
         skips=tuple(skips + img_skips),
         notices=tuple(notices),
+        local=local,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Protocol, Self
 
 from auditor.errors import AuditorError
 from auditor.models import (
+    CheckResult,
     Disk,
     DiskReport,
     Domain,
@@ -69,6 +70,14 @@ class ImageReader(Protocol):
     def __call__(
         self, items: Iterable[tuple[str, str | None]], workers: int | None = None
     ) -> Iterator[tuple[str, ImageInfo | AuditorError]]: ...
+
+
+class ImageChecker(Protocol):
+    """``qemu-img check`` (no repair) over many (path, format) pairs; errors as values."""
+
+    def __call__(
+        self, items: Iterable[tuple[str, str]], workers: int | None = None
+    ) -> Iterator[tuple[str, CheckResult | AuditorError]]: ...
 
 
 class LocalFs(Protocol):

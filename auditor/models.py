@@ -10,8 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Literal
 
 GROUP_TYPES = frozenset({"shared-fs", "unmanaged"})  # summary rows that are not libvirt pools
+
+
+Repair = Literal["leaks", "all"]  # qemu-img check -r
 
 
 class Provisioning(StrEnum):
@@ -110,6 +114,7 @@ class Domain:
     state: str  # running, paused, shut off, ...
     persistent: bool
     disks: tuple[DomainDisk, ...] = ()
+    autostart: bool = False
 
     @property
     def active(self) -> bool:
@@ -131,6 +136,51 @@ class ImageInfo:
     corrupt: bool = False
     encrypted: bool = False
     snapshots: int = 0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """``qemu-img check --output=json``. qemu-img omits zero counts; they read as 0 here.
+
+    After a repair, ``corruptions``/``leaks`` are what a re-check found (what is left) and the
+    ``*_fixed`` counts what was repaired. A dirty lazy-refcounts image (see ``info().dirty``)
+    shows up as corruptions ("refcount=0 reference=1") that ``repair="all"`` rebuilds.
+    """
+
+    filename: str
+    format: str
+    corruptions: int = 0
+    leaks: int = 0
+    check_errors: int = 0  # the check itself could not complete (I/O errors, ...)
+    corruptions_fixed: int = 0
+    leaks_fixed: int = 0
+    image_end_offset: int | None = None  # None when the format does not report it
+    total_clusters: int = 0
+    allocated_clusters: int = 0
+    fragmented_clusters: int = 0
+    compressed_clusters: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.corruptions or self.leaks or self.check_errors)
+
+    @property
+    def needs_repair(self) -> bool:
+        return bool(self.corruptions or self.leaks)
+
+    @property
+    def repair_mode(self) -> Repair | None:
+        """The ``check(repair=...)`` that fixes what was found: leaks alone need only "leaks"."""
+        return "all" if self.corruptions else "leaks" if self.leaks else None
+
+
+@dataclass(frozen=True)
+class Measure:
+    """``qemu-img measure --output=json``: bytes a converted copy needs."""
+
+    required: int  # with the given preallocation, for the data the image holds
+    fully_allocated: int  # if every cluster were allocated
+    bitmaps: int | None = None  # persistent dirty bitmaps; given for qcow2 output only
 
 
 @dataclass(frozen=True)
@@ -156,6 +206,7 @@ class HostInventory:
     domains: tuple[Domain, ...] = ()
     skips: tuple[Skip, ...] = ()
     notices: tuple[str, ...] = ()
+    local: bool = False  # its paths are this machine's (stat and qemu-img apply)
 
 
 @dataclass(frozen=True)
@@ -437,3 +488,53 @@ class LibvirtCall:
         if self.flags is not None:
             parts.append("flags " + ("|".join(self.flags) or "0"))
         return f"{self.function}({', '.join(parts)})"
+
+
+# ---- findings of the audit ------------------------------------------------------------------
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARN = "warn"
+    CRIT = "crit"
+
+    @property
+    def rank(self) -> int:
+        """0 for the worst."""
+        return {"crit": 0, "warn": 1, "info": 2}[self.value]
+
+
+class FixKind(StrEnum):
+    """What a fix does. Safe fixes move no data; unsafe ones need --unsafe-fixes."""
+
+    REFRESH_POOL = "refresh the pool"
+    START_POOL = "start the pool"
+    AUTOSTART_POOL = "turn the pool's autostart on"
+    REPAIR_LEAKS = "repair leaked clusters (qemu-img check -r leaks)"
+    REMOVE_LEFTOVER = "remove what the interrupted auditor run left"
+    PREALLOCATE = "preallocate the volume"
+    SPARSIFY = "sparsify the volume"
+
+    @property
+    def safe(self) -> bool:
+        return self not in (FixKind.PREALLOCATE, FixKind.SPARSIFY)
+
+
+Figure = int | float | str | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong, against the policy: a stable code, the object, the figures."""
+
+    code: str
+    severity: Severity
+    host: str
+    pool: str  # '' when no pool is concerned
+    volume: str  # '' when no volume is concerned (a path for an unmanaged disk)
+    message: str
+    figures: tuple[tuple[str, Figure], ...] = ()
+    fix: FixKind | None = None
+
+    def figure(self, name: str) -> Figure:
+        return dict(self.figures).get(name)

@@ -317,6 +317,7 @@ class LibvirtHost:
             state=state,
             persistent=bool(dom.isPersistent()),
             disks=disks,
+            autostart=bool(dom.autostart()) if dom.isPersistent() else False,
         )
 
     # ---- managed operations ---------------------------------------------------------------

@@ -19,17 +19,16 @@ import json
 import math
 import os
 import signal
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from auditor.adapters.run import Limits, Result, run
 from auditor.errors import AuditorError, CommandError, ImageError
-from auditor.models import ImageInfo
+from auditor.models import CheckResult, ImageInfo, Measure, Repair
 
+T = TypeVar("T")
 Preallocation = Literal["off", "metadata", "falloc", "full"]
-Repair = Literal["leaks", "all"]
 Compat = Literal["0.10", "1.1"]
 
 LIMITS = Limits(address_space=1 << 30, cpu_seconds=30)
@@ -37,51 +36,6 @@ TIMEOUT = 60.0
 LONG_TIMEOUT = 6 * 3600.0  # convert, check -r, compare: a multi-terabyte copy still fits
 CHECKED = frozenset({0, 1, 2, 3})  # check: clean, not completed, corruptions, leaks (results)
 NO_CHECK = 63  # check: the format has no consistency check (raw, ...)
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """``qemu-img check --output=json``. qemu-img omits zero counts; they read as 0 here.
-
-    After a repair, ``corruptions``/``leaks`` are what a re-check found (what is left) and the
-    ``*_fixed`` counts what was repaired. A dirty lazy-refcounts image (see ``info().dirty``)
-    shows up as corruptions ("refcount=0 reference=1") that ``repair="all"`` rebuilds.
-    """
-
-    filename: str
-    format: str
-    corruptions: int = 0
-    leaks: int = 0
-    check_errors: int = 0  # the check itself could not complete (I/O errors, ...)
-    corruptions_fixed: int = 0
-    leaks_fixed: int = 0
-    image_end_offset: int | None = None  # None when the format does not report it
-    total_clusters: int = 0
-    allocated_clusters: int = 0
-    fragmented_clusters: int = 0
-    compressed_clusters: int = 0
-
-    @property
-    def clean(self) -> bool:
-        return not (self.corruptions or self.leaks or self.check_errors)
-
-    @property
-    def needs_repair(self) -> bool:
-        return bool(self.corruptions or self.leaks)
-
-    @property
-    def repair_mode(self) -> Repair | None:
-        """The ``check(repair=...)`` that fixes what was found: leaks alone need only "leaks"."""
-        return "all" if self.corruptions else "leaks" if self.leaks else None
-
-
-@dataclass(frozen=True)
-class Measure:
-    """``qemu-img measure --output=json``: bytes a converted copy needs."""
-
-    required: int  # with the given preallocation, for the data the image holds
-    fully_allocated: int  # if every cluster were allocated
-    bitmaps: int | None = None  # persistent dirty bitmaps; given for qcow2 output only
 
 
 def long_limits(timeout: float) -> Limits:
@@ -153,23 +107,36 @@ def info(path: str, fmt: str | None = None) -> ImageInfo:
         raise _unexpected(path, exc) from exc
 
 
-def info_many(
-    items: Iterable[tuple[str, str | None]], workers: int | None = None
-) -> Iterator[tuple[str, ImageInfo | AuditorError]]:
-    """``info`` over many (path, format) pairs in parallel; errors come back as values, in order."""
-    pairs = list(items)
+def _many(
+    fn: Callable[[str, Any], T], pairs: list[tuple[str, Any]], workers: int | None
+) -> Iterator[tuple[str, T | AuditorError]]:
+    """``fn`` over (path, format) pairs in parallel; errors come back as values, in order."""
     if not pairs:
         return
     workers = workers or min(16, 2 * (os.cpu_count() or 1), len(pairs))
 
-    def one(pair: tuple[str, str | None]) -> tuple[str, ImageInfo | AuditorError]:
+    def one(pair: tuple[str, Any]) -> tuple[str, T | AuditorError]:
         try:
-            return pair[0], info(*pair)
+            return pair[0], fn(*pair)
         except AuditorError as exc:
             return pair[0], exc
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from pool.map(one, pairs)
+
+
+def info_many(
+    items: Iterable[tuple[str, str | None]], workers: int | None = None
+) -> Iterator[tuple[str, ImageInfo | AuditorError]]:
+    """``info`` over many (path, format) pairs in parallel; errors come back as values, in order."""
+    return _many(info, list(items), workers)
+
+
+def check_many(
+    items: Iterable[tuple[str, str]], workers: int | None = None
+) -> Iterator[tuple[str, CheckResult | AuditorError]]:
+    """``check`` (no repair) over many (path, format) pairs in parallel, errors as values."""
+    return _many(check, list(items), workers)
 
 
 def _parse_check(data: dict[str, Any], path: str) -> CheckResult:
