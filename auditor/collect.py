@@ -75,7 +75,9 @@ def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostIn
             "refreshed, their figures are as of libvirt's last refresh and may be stale"
         )
     elif not refresh:
-        notices.append(f"{source.uri}: --no-refresh: pool figures are as of the last refresh")
+        notices.append(
+            f"{source.uri}: pools not refreshed: figures are as of libvirt's last refresh"
+        )
     local = source.local
     pools, skips = _pools(source, probes, refresh=refresh and not source.read_only)
     managed, vol_skips = source.read_volumes(pools)

@@ -15,6 +15,7 @@ from auditor.models import (
     DiskReport,
     Domain,
     FsInfo,
+    ImageFix,
     ImageInfo,
     LibvirtCall,
     Pool,
@@ -78,6 +79,19 @@ class ImageChecker(Protocol):
     def __call__(
         self, items: Iterable[tuple[str, str]], workers: int | None = None
     ) -> Iterator[tuple[str, CheckResult | AuditorError]]: ...
+
+
+class ImageFixer(Protocol):
+    """Fixes made on this machine (qemu-img, fallocate, rename): described and run by the
+    same builders."""
+
+    def steps(self, fix: ImageFix) -> tuple[str, ...]: ...
+
+    def need(self, fix: ImageFix) -> int: ...
+
+    def execute(
+        self, fix: ImageFix, made: Callable[[dict[str, Any]], None] | None = None
+    ) -> None: ...
 
 
 class LocalFs(Protocol):

@@ -229,6 +229,7 @@ class DiskReport:
     used_by: tuple[str, ...] = ()  # domains referencing it (directly or as a backing file)
     reason: str = ""  # why provisioning is unknown, or other notes
     backing_only: bool = False  # only ever opened read-only as a backing image
+    implausible: tuple[str, ...] = ()  # sizes reported that cannot be true (made None), why
 
 
 @dataclass(frozen=True)
@@ -255,6 +256,7 @@ class PoolSummary:
     target: str = ""  # the pool's target path
     autostart: bool | None = None  # None for group rows
     persistent: bool | None = None
+    notes: tuple[str, ...] = ()  # why a figure is unknown: what libvirt reported, and why
 
     @property
     def is_pool(self) -> bool:
@@ -440,6 +442,18 @@ class Detach:
     disk: DiskSpec
 
 
+@dataclass(frozen=True)
+class RemoveMade:
+    """Delete a volume an interrupted auditor run created, only while key, path and inode
+    still prove it is that volume."""
+
+    pool: str
+    name: str
+    key: str
+    path: str
+    inode: tuple[int, int] | None  # (st_dev, st_ino), when it was made on this machine
+
+
 Request = (
     DefinePool
     | BuildPool
@@ -454,6 +468,7 @@ Request = (
     | Download
     | Attach
     | Detach
+    | RemoveMade
 )
 
 
@@ -538,3 +553,15 @@ class Finding:
 
     def figure(self, name: str) -> Figure:
         return dict(self.figures).get(name)
+
+
+@dataclass(frozen=True)
+class ImageFix:
+    """A fix made with qemu-img or the filesystem of this machine, not through libvirt."""
+
+    kind: FixKind  # REPAIR_LEAKS, PREALLOCATE, SPARSIFY or REMOVE_LEFTOVER (a file)
+    path: str
+    format: str
+    size: int = 0  # PREALLOCATE raw: the file's size, allocated in full
+    copy: str = ""  # qcow2 PREALLOCATE/SPARSIFY: the copy beside ``path`` that replaces it
+    inode: tuple[int, int] | None = None  # REMOVE_LEFTOVER: (st_dev, st_ino) it must still have

@@ -40,6 +40,7 @@ from auditor.models import (
     Pool,
     PoolAction,
     Progress,
+    RemoveMade,
     Request,
     ResizeVolume,
     SetAutostart,
@@ -264,6 +265,10 @@ class LibvirtHost:
             return None  # a folder in a pool (ext4's lost+found), not a disk
         name = _text(root.find("name")) or ""
         backing = root.find("backingStore")
+        # "none" is libvirt's word for no format (VIR_STORAGE_FILE_NONE, and the partition
+        # type of a disk pool's partitions); pools without volume formats (logical, iscsi,
+        # scsi, mpath, zfs) write no <format>. Both mean: no format.
+        fmt = _attr(root.find("target/format"), "type")
         return Disk(
             host=self.host,
             path=_text(root.find("target/path")) or _text(root.find("key")) or name,
@@ -271,7 +276,7 @@ class LibvirtHost:
             pool=pool.name,
             backend=pool.type,
             kind=kind,
-            format=_attr(root.find("target/format"), "type"),
+            format=None if fmt == "none" else fmt,
             virtual_size=_int(root.find("capacity")),
             disk_size=_int(root.find("allocation")),
             physical=_int(root.find("physical")),
@@ -349,6 +354,13 @@ class LibvirtHost:
                 self._upload(spec, file, calls, progress, tell)
             case Download(pool, name):
                 self._download(self._lookup_volume(pool, name), request, calls[0], progress, tell)
+            case RemoveMade(pool, name, key, path, inode):
+                if not self._remove(_Ours(pool, name, key, path, inode)):
+                    raise OperationError(
+                        f"volume {pool}/{name} is no longer the one auditor made (its key, "
+                        "path or inode changed): left alone",
+                        "look at it with `auditor vol info`",
+                    )
             case _:
                 self._volume_or_domain_call(request, calls[0])
         return calls
@@ -475,13 +487,19 @@ class LibvirtHost:
                 inode = (st.st_dev, st.st_ino)
         return _Ours(pool, vol.name(), key, path, inode)
 
-    def _remove(self, ours: _Ours) -> None:
+    def _remove(self, ours: _Ours) -> bool:
         """Delete a volume this run created, only if it is still that volume (same key, and
-        on this machine the same inode): never another one that took its name."""
-        with contextlib.suppress(libvirt.libvirtError):
+        on this machine the same inode): never another one that took its name. True when it
+        is gone (deleted, or already gone)."""
+        try:
             vol = self._conn.storagePoolLookupByName(ours.pool).storageVolLookupByName(ours.name)
+        except libvirt.libvirtError:
+            return True
+        with contextlib.suppress(libvirt.libvirtError):
             if self._ours(ours.pool, vol).same(ours):
                 vol.delete(0)
+                return True
+        return False
 
     @contextlib.contextmanager
     def _removed_on_interrupt(self, ours: _Ours) -> Iterator[None]:

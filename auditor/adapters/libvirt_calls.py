@@ -24,6 +24,7 @@ from auditor.models import (
     PoolAction,
     PoolDefinition,
     PoolOp,
+    RemoveMade,
     Request,
     ResizeVolume,
     SetAutostart,
@@ -77,7 +78,7 @@ def _volume_or_domain_call(request: Request) -> LibvirtCall:
         case BlockResize(domain, target, capacity):
             args = (("domain", domain), ("disk", target), ("size", capacity))
             return LibvirtCall("virDomainBlockResize", args, ("VIR_DOMAIN_BLOCK_RESIZE_BYTES",))
-        case DeleteVolume():
+        case DeleteVolume() | RemoveMade():
             return LibvirtCall("virStorageVolDelete")
         case WipeVolume(_, _, algorithm):
             alg = Const(f"VIR_STORAGE_VOL_WIPE_ALG_{algorithm.upper()}")

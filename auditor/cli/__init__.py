@@ -52,9 +52,11 @@ def cli(
 
 
 def _register() -> None:
-    from auditor.cli import inventory, journal, ops, reporting
+    from auditor.cli import audit, inventory, journal, ops, reporting
 
-    for command in inventory.COMMANDS + reporting.COMMANDS + ops.COMMANDS + journal.COMMANDS:
+    for command in (
+        inventory.COMMANDS + reporting.COMMANDS + audit.COMMANDS + ops.COMMANDS + journal.COMMANDS
+    ):
         cli.add_command(command)
 
 
