@@ -28,11 +28,14 @@ Discarding a folder removes the four report files, then the folder if it is empt
 anything else: a folder that still holds other files (say one dropped into ``out`` after the
 check) is left in place and named in :attr:`Published.notes`.
 
-Fallback, where the filesystem cannot exchange (EINVAL/ENOSYS, e.g. NFS): ``out`` is renamed
-to ``.<name>.old-<hex>`` and the staging folder to ``out`` with SIGINT, SIGTERM, SIGHUP and
-the other terminating signals held (``pthread_sigmask``), the old folder renamed back if the
-second rename fails. Only SIGKILL or a power cut between the two renames can then leave no
-``out``; the old report is kept in the ``.old-`` folder and the next publish restores it.
+Fallback, where the filesystem cannot exchange (EINVAL/ENOSYS, e.g. NFS, or a libc without
+``renameat2``): ``out`` is renamed to ``.<name>.old-<hex>`` and the staging folder to ``out``
+with SIGINT, SIGTERM, SIGHUP and the other terminating signals held until both are done
+(masked with ``pthread_sigmask`` and, from the main thread, deferred by Python handlers), the
+old folder renamed back if the second rename fails. Only SIGKILL or a power cut between the
+two renames can then leave no ``out``; the old report is kept in the ``.old-`` folder and the
+next publish restores it. Refusing instead would stop reports on such filesystems, which the
+old publish served with a far wider window.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ import re
 import secrets
 import signal
 import stat
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from auditor.errors import PublishError
 from auditor.report import html
@@ -109,7 +114,9 @@ def publish(out: Path, files: Mapping[str, bytes], *, step: Step | None = None) 
         out.parent.mkdir(parents=True, exist_ok=True)
         dfd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
-        raise PublishError(f"cannot write the report to {out}: {exc.strerror or exc}") from exc
+        raise PublishError(
+            f"cannot write the report to {out}: {exc.strerror or exc}", "nothing was published"
+        ) from exc
     run = _Publish(out, dfd, step or _no_step)
     try:
         return run.run(files)
@@ -126,7 +133,10 @@ def _no_step(phase: str) -> None:
 
 
 def _check_names(out: Path, files: Mapping[str, bytes]) -> None:
-    """Refuse anything but the four report files: discarding removes only those."""
+    """Refuse a path naming no folder, and anything but the four report files (discarding
+    removes only those)."""
+    if out.name in ("", ".", ".."):
+        raise PublishError(f"{out} names no folder to publish into", "pass the report folder")
     unexpected = sorted(set(files) - set(FILES))
     missing = [f for f in FILES if f not in files]
     if unexpected or missing:
@@ -294,8 +304,7 @@ def swap_in_two_steps(dfd: int, stage: str, out: str, old: str, step: Step = _no
     """The fallback where folders cannot be exchanged: ``out`` -> ``old``, then ``stage`` ->
     ``out``, with terminating signals held in between; ``old`` goes back if the second fails.
     Names are relative to the folder ``dfd``; ``step`` is called with ``moved-aside``."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-    try:
+    with _signals_held():
         os.rename(out, old, src_dir_fd=dfd, dst_dir_fd=dfd)
         try:
             step("moved-aside")
@@ -304,8 +313,29 @@ def swap_in_two_steps(dfd: int, stage: str, out: str, old: str, step: Step = _no
             os.rename(old, out, src_dir_fd=dfd, dst_dir_fd=dfd)
             raise
         os.fsync(dfd)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold the terminating signals, then deliver them as they would have been.
+
+    They are masked in this thread; in the main thread (the only one where Python runs
+    handlers) they are also recorded instead of acted on, since a process-directed signal
+    can land on any other thread (pandas starts some) that does not mask it."""
+    caught: list[int] = []
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in _HELD:
+            saved[sig] = signal.signal(sig, lambda s, _frame: caught.append(s))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    try:
+        yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        for number, handler in saved.items():
+            signal.signal(number, signal.SIG_DFL if handler is None else handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for number in caught:
+            signal.raise_signal(number)
 
 
 def discard(dfd: int, name: str) -> str | None:
