@@ -6,9 +6,11 @@ local file volume (``stat``), and the journal's unfinished actions.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from auditor.collect import FS_POOL_TYPES
 from auditor.config import Config
 from auditor.errors import AuditorError
 from auditor.interfaces import ImageChecker, LocalFs
@@ -68,6 +70,24 @@ def _on_disk(summary: Summary, fs: LocalFs) -> dict[Key, int]:
     return out
 
 
+def _unlisted(summary: Summary, fs: LocalFs) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Files directly in each local dir/fs/netfs pool's folder that libvirt does not list."""
+    listed = {(r.disk.host, r.disk.path) for r in summary.disks}
+    out: dict[tuple[str, str], tuple[str, ...]] = {}
+    for h in summary.inventory.hosts:
+        for p in h.pools if h.local else ():
+            if not p.active or p.type not in FS_POOL_TYPES or not p.target_path:
+                continue
+            found, _ = fs.list_files([p.target_path])
+            names = tuple(
+                os.path.basename(f)
+                for f in found
+                if os.path.dirname(f) == p.target_path.rstrip("/") and (h.host, f) not in listed
+            )
+            out[(h.host, p.name)] = names
+    return out
+
+
 def gather(summary: Summary, config: Config, readers: Readers, journal: Journal | None) -> Facts:
     """Everything the rules judge."""
     incomplete = tuple(journal.incomplete()) if journal else ()
@@ -83,6 +103,7 @@ def gather(summary: Summary, config: Config, readers: Readers, journal: Journal 
         on_disk=_on_disk(summary, readers.fs),
         incomplete=incomplete,
         made={k: tuple(v) for k, v in made.items()},
+        unlisted=_unlisted(summary, readers.fs),
     )
 
 

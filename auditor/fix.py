@@ -173,7 +173,7 @@ def _move_data(f: Finding, ctx: Context, fixer: ImageFixer, force: bool) -> Reso
         _convertible(ctx, r)
         folder, base = os.path.split(r.disk.path)
         copy = os.path.join(folder, f".{base}.auditor-fix-{secrets.token_hex(4)}")
-    image = ImageFix(kind, r.disk.path, fmt, r.disk.physical or r.disk.virtual_size or 0, copy)
+    image = ImageFix(kind, r.disk.path, fmt, r.disk.virtual_size or 0, copy)
     need = fixer.need(image)
     check_free_space(ctx.view, r.disk.pool or "", need, f"{kind} of {_name(r)}")
     _thresholds_hold(ctx, r, need if kind is FixKind.PREALLOCATE else 0)
@@ -225,6 +225,8 @@ def _apply(item: Resolved, ctx: Context, fixer: ImageFixer) -> str:
         apply(plan, ctx, yes=True)
     if item.image is not None:
         _apply_image(item, item.image, ctx, fixer)
+    if item.finding.fix is FixKind.REMOVE_LEFTOVER and item.image is not None and item.finding.pool:
+        ctx.host.execute(PoolAction(item.finding.pool, PoolOp.REFRESH))  # forget the file
     if item.finding.fix is FixKind.REMOVE_LEFTOVER and ctx.journal is not None:
         f = item.finding
         record = Record(str(f.figure("journal_id")), "outcome", now(), f.host, "fix", f.pool,
@@ -247,7 +249,8 @@ def _apply_image(item: Resolved, image: ImageFix, ctx: Context, fixer: ImageFixe
     else:
         left = (f"file {image.copy}",) if image.copy else ()
         record = journalled(
-            ctx.journal, host=ctx.view.host, action=f"fix: {image.kind}", subject=image.path,
+            ctx.journal, host=ctx.view.host, action=f"fix: {image.kind}",
+            subject=_name(item.report) if item.report else image.path,
             before={}, after={}, leftovers=left,
         )  # fmt: skip
         with record as entry:

@@ -284,6 +284,60 @@ def convert(
         raise ImageError(f"{pair}: qemu-img convert failed: {_reason(result)}")
 
 
+def create_argv(
+    path: str,
+    fmt: str,
+    size: int,
+    *,
+    preallocation: Preallocation | None = None,
+    compat: Compat = "1.1",
+) -> list[str]:
+    """argv of ``create``; over an existing file qemu-img truncates it (same inode)."""
+    opts = [f"compat={compat}"] if fmt == "qcow2" else []
+    if preallocation:
+        opts.append(f"preallocation={preallocation}")
+    argv = ["qemu-img", "create", "-q", "-f", fmt]
+    if opts:
+        argv += ["-o", ",".join(opts)]
+    return [*argv, os.path.abspath(path), str(size)]
+
+
+def create(path: str, fmt: str, size: int, *, preallocation: Preallocation | None = None) -> None:
+    """A new empty image of ``size`` bytes at ``path`` (an empty file there is reused)."""
+    argv = create_argv(path, fmt, size, preallocation=preallocation)
+    result = _run(argv, argv[-2], timeout=LONG_TIMEOUT, limits=long_limits(LONG_TIMEOUT))
+    if result.returncode != 0:
+        raise ImageError(f"{argv[-2]}: qemu-img create failed: {_reason(result)}")
+
+
+def convert_into_argv(
+    src: str, src_fmt: str, dst: str, dst_fmt: str, *, sparse: bool = True
+) -> list[str]:
+    """argv of ``convert_into``: ``-n`` (the target exists); ``sparse``: runs of 4 KiB of
+    zeros become holes (``-S 4k``), else every byte is written (``-S 0``), which keeps the
+    target's preallocation."""
+    return ["qemu-img", "convert", "-q", "-n", "-f", src_fmt, "-O", dst_fmt, "-S",
+            "4k" if sparse else "0", os.path.abspath(src), os.path.abspath(dst)]  # fmt: skip
+
+
+def convert_into(
+    src: str,
+    src_fmt: str,
+    dst: str,
+    dst_fmt: str,
+    *,
+    sparse: bool = True,
+    timeout: float = LONG_TIMEOUT,
+) -> None:
+    """Copy ``src`` into the image ``dst`` that ``create`` made (same virtual size); no ``-U``,
+    so a source a guest is writing is refused."""
+    argv = convert_into_argv(src, src_fmt, dst, dst_fmt, sparse=sparse)
+    pair = f"{argv[-2]} -> {argv[-1]}"
+    result = _run(argv, pair, timeout=timeout, limits=long_limits(timeout))
+    if result.returncode != 0:
+        raise ImageError(f"{pair}: qemu-img convert failed: {_reason(result)}")
+
+
 def measure_argv(
     path: str, fmt: str, out_fmt: str, preallocation: Preallocation | None = None
 ) -> list[str]:

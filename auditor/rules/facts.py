@@ -20,6 +20,8 @@ class Facts:
     on_disk: Mapping[Key, int] = field(default_factory=dict)  # file volumes: st_blocks * 512
     incomplete: tuple[Record, ...] = ()  # journal intents without an outcome
     made: Mapping[str, tuple[Mapping[str, object], ...]] = field(default_factory=dict)  # id →
+    unlisted: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # files
+    # in a local pool's folder that libvirt does not list: (host, pool) → file names
 
 
 def finding(

@@ -16,6 +16,6 @@ def rules(facts: Facts) -> Iterator[Finding]:
             "AUD801", Severity.WARN, intent.host,
             f"{intent.action} {intent.subject}, started {intent.time}, never finished; it may "
             f"have left {left}",
-            pool=intent.subject.partition("/")[0] if "/" in intent.subject else "",
+            pool="" if intent.subject.startswith("/") else intent.subject.partition("/")[0],
             fix=FixKind.REMOVE_LEFTOVER if proofs else None, journal_id=intent.id,
         )  # fmt: skip
