@@ -1,29 +1,140 @@
-"""The command line: parse, call one service, render, exit code. No logic lives here."""
+"""The command line: parse, call one service, render, exit code. No logic lives here.
+
+Commands are imported when they are used (``LAZY``): their modules pull in libvirt, pandas,
+jinja2 and the report package, which `auditor --help` and most commands never need.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import traceback
-from typing import NoReturn
+from collections.abc import MutableMapping
+from typing import Any, NoReturn
 
 # libvirt reads its log settings once, when it is loaded, and by default prints its own
 # warnings on stderr (e.g. three lines on a host whose own name does not resolve). Errors
-# only, unless --debug is given or the user set up libvirt's logging.
+# only, unless --debug is given or the user set up libvirt's logging. This runs before any
+# command module (and so libvirt) is imported: keep it first.
 if "--debug" not in sys.argv[1:] and not any(
     os.environ.get(v) for v in ("LIBVIRT_DEBUG", "LIBVIRT_LOG_FILTERS", "LIBVIRT_LOG_OUTPUTS")
 ):
     os.environ["LIBVIRT_DEBUG"] = "error"
 
 import click
+from click.shell_completion import CompletionItem
 
 from auditor.adapters import signals
-from auditor.cli.common import App, group
+from auditor.cli.common import POOL, POOL_VOLUME, VOLUME, App
 from auditor.errors import EXIT_ERROR, AuditorError, Interrupted
 from auditor.journal import DEFAULT_STATE
 
+# Every command: name -> (its module, the first sentence of its help, as `auditor --help`
+# lists it without importing the module; tests/test_cli_tables.py checks the sentences).
+LAZY: dict[str, tuple[str, str]] = {
+    "status": ("auditor.cli.status", "One screen per host: the verdict, a bar per pool of the "
+               "space used and provisioned against its capacity, unmanaged disks and skipped "
+               "items."),
+    "volumes": ("auditor.cli.inventory",
+                "One row per disk: managed volumes and unmanaged domain disks."),
+    "pools": ("auditor.cli.inventory", "One row per pool, per group of pools sharing a "
+              "filesystem, and per filesystem holding unmanaged disks."),
+    "scan": ("auditor.cli.inventory",
+             "Image files and folders (recursively) through qemu-img only; no libvirt needed."),
+    "report": ("auditor.cli.reporting", "Write report.html, pools.csv, volumes.csv and "
+               "summary.json (atomically) and record a history snapshot."),
+    "snapshot": ("auditor.cli.reporting",
+                 "Collect and record one history snapshot, without rendering a report."),
+    "history": ("auditor.cli.reporting",
+                "Print the recorded series: one row per pool and snapshot, oldest first."),
+    "audit": ("auditor.cli.audit",
+              "Findings against the policy, worst first; --fix repairs what is safe to repair."),
+    "pool": ("auditor.cli.ops",
+             "Managed storage pools: list, inspect, define, build, start, stop, delete."),
+    "vol": ("auditor.cli.ops", "Managed volumes: inspect, create, clone, resize, delete, "
+            "upload, download, wipe, attach and detach, with the guards libvirt lacks."),
+    "journal": ("auditor.cli.journal", "Print the journal of changes: an intent before each "
+                "action, an outcome after."),
+}  # fmt: skip
 
-@click.group(cls=group(), context_settings={"help_option_names": ["-h", "--help"]})
+
+class Lazy(click.Group):
+    """A group that imports a command's module when the command is used. Its ``commands``
+    (click's mapping) imports them all: for introspection, as the tests do."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._loaded: dict[str, click.Command] = {}
+        super().__init__(*args, **kwargs)
+
+    @property
+    def commands(self) -> MutableMapping[str, click.Command]:
+        for name in LAZY:
+            self._load(name)
+        return self._loaded
+
+    @commands.setter
+    def commands(self, value: MutableMapping[str, click.Command]) -> None:
+        self._loaded.update(value)
+
+    def _load(self, name: str) -> click.Command | None:
+        if name not in self._loaded and name in LAZY:
+            module = importlib.import_module(LAZY[name][0])
+            for command in module.COMMANDS:
+                _complete_names(command, (command.name or "",))
+                self._loaded[command.name or ""] = command
+        return self._loaded.get(name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*LAZY, *(n for n in self._loaded if n not in LAZY)]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from ``LAZY``, shortened as click shortens help."""
+        limit = formatter.width - 6 - max(len(n) for n in LAZY)
+        rows = [
+            (n, click.Command(n, help=h).get_short_help_str(limit)) for n, (_, h) in LAZY.items()
+        ]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def shell_complete(self, ctx: click.Context, incomplete: str) -> list[CompletionItem]:
+        """Command names from ``LAZY`` (importing nothing), then the group's options."""
+        names = [
+            CompletionItem(n, help=h) for n, (_, h) in LAZY.items() if n.startswith(incomplete)
+        ]
+        return names + click.Command.shell_complete(self, ctx, incomplete)
+
+
+NEW_NAMES = {("pool", "define"), ("vol", "create"), ("vol", "clone"), ("vol", "upload")}
+
+
+def _complete_names(command: click.Command, path: tuple[str, ...]) -> None:
+    """Shell completion of the pool and volume names a command takes, by its parameters'
+    names: ``pool``/``pool_name``/``pools``, a POOL/... metavar, ``pool X NAME`` and
+    ``vol X POOL NAME`` (not where NAME is a new one), ``vol clone``'s SRC."""
+    for param in command.params:
+        if param.type is not click.STRING or param.name is None:
+            continue
+        new = path[:2] in NEW_NAMES
+        if param.name in ("pool", "pools", "pool_name"):
+            param.type = POOL
+        elif (param.metavar or "").startswith("POOL/"):
+            param.type = POOL_VOLUME
+        elif path[0] == "pool" and param.name == "name" and not new:
+            param.type = POOL
+        elif path[0] == "vol" and (param.name == "source" or (param.name == "name" and not new)):
+            param.type = VOLUME
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            _complete_names(sub, (*path, name))
+
+
+@click.group(
+    cls=Lazy, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--connect", "-c", "uris", multiple=True, metavar="URI",
     help="libvirt URI; repeat for several hosts. Default: libvirt's default URI.",
@@ -34,33 +145,35 @@ from auditor.journal import DEFAULT_STATE
 )  # fmt: skip
 @click.option(
     "--state", metavar="DIR", default=DEFAULT_STATE, show_default=True, envvar="AUDITOR_STATE",
-    show_envvar=True, help="Folder of the journal of changes and of the per-host locks.",
+    show_envvar=True,
+    help="Folder of the journal of changes, the per-host locks and the volume figures kept "
+    "between runs.",
 )  # fmt: skip
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors (and libvirt's log).")
 @click.version_option(package_name="auditor")
 @click.pass_context
 def cli(
     ctx: click.Context, uris: tuple[str, ...], read_only: bool, state: str, debug: bool
-) -> None:
+) -> int | None:
     """Audit libvirt/KVM virtual disks: thin vs preallocated, per-pool overcommit.
+
+    On a terminal, `auditor` alone shows `auditor status`.
 
     Exit codes: 0 success; 1 the run completed but some items could not be read
     (listed on stderr and in the output); 2 usage, configuration, connection error or a
     refused operation; 128 + N interrupted by signal N (SIGINT 130, SIGHUP 129, SIGTERM 143).
     """
     ctx.obj = App(uris=list(uris) or [None], debug=debug, read_only=read_only, state=state)
-
-
-def _register() -> None:
-    from auditor.cli import audit, inventory, journal, ops, reporting
-
-    for command in (
-        inventory.COMMANDS + reporting.COMMANDS + audit.COMMANDS + ops.COMMANDS + journal.COMMANDS
-    ):
-        cli.add_command(command)
-
-
-_register()
+    if ctx.invoked_subcommand is not None or ctx.resilient_parsing:
+        return None
+    if not sys.stdout.isatty():
+        click.echo(ctx.get_help(), err=True)
+        ctx.exit(EXIT_ERROR)
+    status = cli.get_command(ctx, "status")
+    assert status is not None
+    with status.make_context("status", [], parent=ctx) as sub:
+        code: int = status.invoke(sub)
+    return code
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -1,24 +1,40 @@
-"""What every command shares: the composition root (adapters), options and output."""
+"""What every command shares: the composition root (adapters), options and output.
+
+Start-up is part of the interface: nothing heavy is imported here at module level (libvirt,
+qemu-img's adapter, pandas, the report package); each is imported by the function that uses
+it, so `auditor --help` and a command that needs none of them stay fast.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
+import os
+import shutil
 import socket
-from collections.abc import Callable
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
-from auditor.adapters import localfs, qemu_img
-from auditor.adapters.libvirt import LibvirtHost
-from auditor.collect import Probes
 from auditor.config import DEFAULT_POLICY
 from auditor.errors import EXIT_OK, EXIT_PARTIAL
 from auditor.journal import DEFAULT_STATE
-from auditor.models import Summary
-from auditor.report import table
-from auditor.report.rows import SKIP_COLUMNS, skip_row
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
+    from auditor.adapters.libvirt import LibvirtHost
+    from auditor.collect import Probes
+    from auditor.interfaces import HostSource
+    from auditor.models import Disk, Domain, Pool, Skip, Summary
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
@@ -31,19 +47,140 @@ class App:
     uris: list[str | None]
     debug: bool = False
     read_only: bool = False
-    state: str = DEFAULT_STATE  # the journal and the per-host locks
+    state: str = DEFAULT_STATE  # the journal, the per-host locks and the volume cache
+    reuse: bool = True  # reuse libvirt's figures of unchanged files (see Reusing)
 
-    def connect(self, uri: str | None) -> LibvirtHost:
-        """A connection for reading: read-write if allowed (to refresh pools), else read-only."""
-        return LibvirtHost.connect(uri, read_only=self.read_only)
+    def connect(self, uri: str | None) -> HostSource:
+        """A connection for reading: read-write if allowed (to refresh pools), else read-only.
+        On this machine, volume reads reuse libvirt's figures of files unchanged since."""
+        from auditor.adapters.libvirt import LibvirtHost
+
+        host = LibvirtHost.connect(uri, read_only=self.read_only)
+        return Reusing(host, self.state) if self.reuse and host.local else host
 
     @property
     def probes(self) -> Probes:
+        from auditor.adapters import localfs, qemu_img
+        from auditor.collect import Probes
+
         return Probes(images=qemu_img.info_many, fs=localfs)
 
     @property
     def hostname(self) -> str:
         return socket.gethostname()
+
+
+class Reusing:
+    """A local host whose volume reads reuse libvirt's descriptions of files unchanged since
+    an earlier run (``LibvirtHost.read_volumes_reusing``), kept in the state folder as
+    ``volumes-<hash of the URI>.json``. Only after a pool refresh in this run: without one,
+    libvirt's figures may be older than the files, and every volume is asked of libvirt."""
+
+    VERSION = 1
+
+    def __init__(self, host: LibvirtHost, state: str) -> None:
+        self._inner = host
+        self.host, self.uri, self.local = host.host, host.uri, host.local
+        self.read_only, self.read_only_reason = host.read_only, host.read_only_reason
+        name = hashlib.sha256(host.uri.encode()).hexdigest()[:16]
+        self.cache = Path(state) / f"volumes-{name}.json"
+        self._refreshed_at: int | None = None
+
+    def read_pools(
+        self, *, refresh: bool, names: Collection[str] | None = None
+    ) -> tuple[list[Pool], list[Skip]]:
+        started = time.time_ns()
+        found = self._inner.read_pools(refresh=refresh, names=names)
+        self._refreshed_at = started if refresh and not self.read_only else None
+        return found
+
+    def read_volumes(self, pools: list[Pool]) -> tuple[list[Disk], list[Skip]]:
+        if self._refreshed_at is None:
+            return self._inner.read_volumes(pools)
+        stamp = [self.VERSION, self.uri, self._inner.libvirt_version()]
+        known = self._load(stamp)
+        disks, skips, keep = self._inner.read_volumes_reusing(pools, known, self._refreshed_at)
+        if keep != known:
+            self._save(stamp, keep)
+        return disks, skips
+
+    def read_domains(self) -> tuple[list[Domain], list[Skip]]:
+        return self._inner.read_domains()
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def _load(self, stamp: list[Any]) -> dict[str, list[Any]]:
+        """The kept descriptions, if the file is this URI's, of this format and libvirt."""
+        try:
+            doc = json.loads(self.cache.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(doc, dict) or doc.get("stamp") != stamp:
+            return {}
+        volumes = doc.get("volumes")
+        return volumes if isinstance(volumes, dict) else {}
+
+    def _save(self, stamp: list[Any], volumes: dict[str, list[Any]]) -> None:
+        """Replace the file atomically (readable by its owner only); a state folder that
+        cannot be written only costs the next run its speed."""
+        tmp = None
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".volumes-", dir=self.cache.parent)
+            with os.fdopen(fd, "w") as fh:
+                json.dump({"stamp": stamp, "volumes": volumes}, fh, separators=(",", ":"))
+            os.replace(tmp, self.cache)
+        except OSError:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+# ---- shell completion of pool and volume names (click's completion) -----------------------
+
+
+class Names(click.ParamType[str]):
+    """Text, completed in the shell with the names of pools (``pool``), of the volumes of
+    the command's POOL argument (``volume``), or POOL/VOLUME pairs (``pool/volume``), read
+    read-only from the first --connect host; nothing when it cannot be reached."""
+
+    name = "text"
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        return str(click.STRING.convert(value, param, ctx))
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        try:
+            found = self._names(ctx, incomplete)
+        except Exception:  # completion must never print a traceback into the shell
+            return []
+        return [CompletionItem(n) for n in sorted(found) if n.startswith(incomplete)]
+
+    def _names(self, ctx: click.Context, incomplete: str) -> list[str]:
+        from auditor.adapters.libvirt import LibvirtHost
+
+        uris = ctx.find_root().params.get("uris") or (None,)
+        with LibvirtHost.connect(uris[0], read_only=True) as host:
+            if self.what == "volume":
+                return host.volume_names(ctx.params["pool_name"])
+            pools = [p.name for p in host.read_pools(refresh=False)[0]]
+            if self.what == "pool":
+                return pools
+            pool, slash, _ = incomplete.partition("/")
+            if not slash:
+                return [f"{p}/" for p in pools]
+            return [f"{pool}/{v}" for v in host.volume_names(pool)]
+
+
+POOL, VOLUME, POOL_VOLUME = Names("pool"), Names("volume"), Names("pool/volume")
 
 
 def group() -> type[click.Group]:
@@ -79,10 +216,100 @@ def policy_option(f: F) -> F:
     )(f)  # fmt: skip
 
 
+# ---- the shape of a table: --columns, --wide, --sort, --reverse ----------------------------
+
+
+@dataclass(frozen=True)
+class View:
+    """What the user asked of a table: columns (None: the command's defaults), sort, width."""
+
+    columns: tuple[str, ...] | None = None
+    sort: str | None = None
+    reverse: bool = False
+    wide: bool = False  # every column (unless --columns), nothing shortened
+
+
+def view_options(known: Sequence[str]) -> Callable[[F], F]:
+    """--columns, --wide, --sort and --reverse, checked against ``known`` (an unknown column:
+    exit 2 naming the known ones) and passed to the command as ``view``."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def command(
+            *args: Any, columns: str | None, wide: bool, sort: str | None, reverse: bool,
+            **kwargs: Any,
+        ) -> Any:  # fmt: skip
+            view = _view(known, columns, wide, sort, reverse, kwargs.get("fmt", "table"))
+            return f(*args, view=view, **kwargs)
+
+        options = (
+            click.option("--columns", metavar="A,B,...",
+                         help="Table columns, in this order: CSV names or headers."),
+            click.option("--wide", "-w", is_flag=True,
+                         help="Table: every column, nothing shortened."),
+            click.option("--sort", "-s", metavar="COLUMN",
+                         help="Sort rows by this column, in every format (empty values last)."),
+            click.option("--reverse", "-r", is_flag=True, help="Sort descending."),
+        )  # fmt: skip
+        for option in reversed(options):
+            command = option(command)
+        return cast(F, command)
+
+    return decorate
+
+
+def _view(
+    known: Sequence[str], columns: str | None, wide: bool, sort: str | None, reverse: bool,
+    fmt: str,
+) -> View:  # fmt: skip
+    from auditor.report import table
+
+    if fmt != "table" and columns:
+        raise click.UsageError("--columns shapes the table: csv and json hold every column")
+    try:
+        chosen = tuple(table.choose(columns, known)) if columns else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--columns") from exc
+    try:
+        key = table.resolve(sort, known) if sort else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--sort") from exc
+    if chosen is None and wide:
+        chosen = tuple(known)
+    return View(chosen, key, reverse, wide)
+
+
+def terminal_width() -> int | None:
+    """The terminal's width when stdout is one (``COLUMNS`` overrides); None otherwise."""
+    if not sys.stdout.isatty():
+        return None
+    return shutil.get_terminal_size().columns
+
+
 def emit(
-    key: str, rows: list[dict[str, Any]], columns: list[str], fmt: str, summary: Summary
+    key: str,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    fmt: str,
+    summary: Summary,
+    *,
+    view: View | None = None,
+    shown: Sequence[str] | None = None,
+    extra: list[dict[str, Any]] | None = None,
 ) -> int:
-    """Print rows in the chosen format, skips on stderr (and in table/json output); exit code."""
+    """Print rows in the chosen format, skips on stderr (and in table/json output); exit code.
+
+    csv and json hold ``columns``; the table shows the view's columns, else ``shown`` (else
+    ``columns``), with the table-only values of ``extra`` (one dict per row), shortened to
+    the terminal's width unless ``--wide``. A view's sort orders the rows in every format."""
+    from auditor.report import table
+    from auditor.report.rows import SKIP_COLUMNS, skip_row
+
+    view = view or View()
+    full = [r | x for r, x in zip(rows, extra, strict=True)] if extra else rows
+    if view.sort:
+        order = table.sort_rows(full, view.sort, view.reverse)
+        rows, full = [rows[i] for i in order], [full[i] for i in order]
     skips = [skip_row(s) for s in summary.skips]
     if fmt == "json":
         doc = {
@@ -98,10 +325,11 @@ def emit(
 
         click.echo(to_csv(rows, columns), nl=False)
     else:
-        click.echo(table.render(rows, columns))
+        width = None if view.wide else terminal_width()
+        click.echo(table.render(full, list(view.columns or shown or columns), width))
         if skips:
             click.echo(f"\nSkipped ({len(skips)}):")
-            click.echo(table.render(skips, SKIP_COLUMNS))
+            click.echo(table.render(skips, SKIP_COLUMNS, width))
     return warn(summary)
 
 
@@ -112,3 +340,10 @@ def warn(summary: Summary) -> int:
     for s in summary.skips:
         click.echo(f"auditor: skipped {s.kind} {s.name} on {s.host}: {s.reason}", err=True)
     return EXIT_PARTIAL if summary.skips else EXIT_OK
+
+
+def colour_allowed() -> bool:
+    """ANSI colours: only on a terminal, and not when NO_COLOR is set (no-color.org)."""
+    return (
+        sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+    )

@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from auditor import nightly
 from auditor.analyze import analyze
 from auditor.cli.common import App, F, format_option, policy_option, refresh_option, warn
 from auditor.collect import collect
@@ -20,7 +19,6 @@ from auditor.errors import EXIT_OK
 from auditor.history import SERIES_COLUMNS, open_history, parse_since, parse_time, series_row
 from auditor.models import Summary
 from auditor.report import table
-from auditor.report.tables import to_csv
 
 DEFAULT_HISTORY = Path("reports") / "history.sqlite"
 
@@ -81,6 +79,8 @@ def report(
 ) -> int:
     """Write report.html, pools.csv, volumes.csv and summary.json (atomically) and record a
     history snapshot. Exit 1 if some items could not be read."""
+    from auditor import nightly  # pandas and jinja2: only the report needs them
+
     config = load(policy_path)
     with open_history(history_path) as history:
         summary = _collect(app, at, no_refresh)
@@ -139,6 +139,8 @@ def history(
     if fmt == "json":
         click.echo(json.dumps({"history": str(history_path), "pools": rows}, indent=2))
     elif fmt == "csv":
+        from auditor.report.tables import to_csv
+
         click.echo(to_csv(rows, SERIES_COLUMNS), nl=False)
     else:
         click.echo(table.render(rows, SERIES_COLUMNS))
