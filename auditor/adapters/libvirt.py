@@ -460,21 +460,30 @@ class LibvirtHost:
                 f"volume {spec.name} already exists in pool {spec.pool}", "choose another name"
             )
         source = self._lookup_volume(spec.pool, spec.source) if spec.source else None
-        with signals.deferred():  # a signal waits until the new volume is on record
-            try:
-                if source is None:
-                    vol = handle.createXML(call.document, _flags(call))
-                else:
-                    vol = handle.createXMLFrom(call.document, source, _flags(call))
-            except libvirt.libvirtError as exc:
-                if spec.reflink and "not supported" in _msg(exc):
-                    raise OperationError(
-                        f"pool {spec.pool}: its filesystem cannot reflink ({_msg(exc)})",
-                        "reflink needs btrfs, or xfs made with reflink=1; clone without --reflink",
-                    ) from exc
-                raise _error(exc, f"volume {spec.pool}/{spec.name}") from exc
-            ours = self._ours(spec.pool, vol)
-            tell(ours.proof())
+        ours: _Ours | None = None
+        try:
+            with signals.deferred():  # a signal waits until the new volume is on record
+                try:
+                    if source is None:
+                        vol = handle.createXML(call.document, _flags(call))
+                    else:
+                        vol = handle.createXMLFrom(call.document, source, _flags(call))
+                except libvirt.libvirtError as exc:
+                    if spec.reflink and "not supported" in _msg(exc):
+                        raise OperationError(
+                            f"pool {spec.pool}: its filesystem cannot reflink ({_msg(exc)})",
+                            "reflink needs btrfs, or xfs made with reflink=1; clone without "
+                            "--reflink",
+                        ) from exc
+                    raise _error(exc, f"volume {spec.pool}/{spec.name}") from exc
+                ours = self._ours(spec.pool, vol)
+                tell(ours.proof())
+        except BaseException:
+            # A signal that waited for a clone (libvirt cannot cancel one), or a journal that
+            # cannot be written: the volume is made, so remove it (only while it is ours).
+            if ours is not None:
+                self._remove(ours)
+            raise
         return ours
 
     def _ours(self, pool: str, vol: libvirt.virStorageVol) -> _Ours:
@@ -525,8 +534,10 @@ class LibvirtHost:
         except OSError as exc:
             raise OperationError(f"cannot read {file}: {exc.strerror}") from exc
         try:
-            ours = self._create(spec, calls[0], tell)
-            with self._removed_on_interrupt(ours):
+            with contextlib.ExitStack() as stack:
+                with signals.deferred():  # no signal between made and removed-if-interrupted
+                    ours = self._create(spec, calls[0], tell)
+                    stack.enter_context(self._removed_on_interrupt(ours))
                 vol = self._lookup_volume(spec.pool, spec.name)
                 stream = self._conn.newStream(0)
                 offset, length = calls[1].arg("offset"), calls[1].arg("length")
