@@ -586,6 +586,7 @@ class LibvirtHost:
 
     PROBED = 0x8200  # bytes libvirt reads to probe a file (VIR_STORAGE_MAX_HEADER)
     SETTLED_NS = 2_000_000_000  # changed this shortly before the refresh: ask libvirt
+    _ZEROS = bytes(4096)
 
     def libvirt_version(self) -> int:
         """libvirt's version on the host (major * 1,000,000 + minor * 1,000 + release)."""
@@ -606,24 +607,28 @@ class LibvirtHost:
         handles, skips = self._reusable_handles(pools)
         prints: dict[str, tuple[list[Any], os.stat_result] | None] = {}
 
-        def one(item: tuple[Pool, libvirt.virStorageVol]) -> tuple[Disk | Skip | None, Any]:
+        def attempt(chunk: list[tuple[Pool, libvirt.virStorageVol]]) -> list[Any]:
+            return [self._attempt(pool, vol, known, prints, refreshed_at) for pool, vol in chunk]
+
+        def ask(item: tuple[Pool, libvirt.virStorageVol]) -> tuple[Disk | Skip | None, Any]:
             pool, vol = item
-            path = vol.key()
-            files = self.local and pool.type in ("dir", "fs") and path.startswith("/")
-            entry = known.get(path) if files else None
-            reused = self._reused(pool, vol.name(), path, entry, prints, refreshed_at)
-            if reused is not None:
-                return reused, entry
-            before = self._fingerprint(path, refreshed_at) if files else None
+            files = self._reusable(pool, vol.key())
+            before = self._fingerprint(vol.key(), refreshed_at) if files else None
             try:
                 disk = self._volume(pool, vol.XMLDesc(0))
             except libvirt.libvirtError as exc:
                 return self._skip("volume", f"{pool.name}/{vol.name()}", exc), None
             return disk, self._described(disk, before, prints, refreshed_at)
 
+        size = max(1, -(-len(handles) // (2 * WORKERS)))  # a few chunks: no RPC, little work
+        tried = [r for part in self._parallel(attempt, [handles[i : i + size] for i in
+                 range(0, len(handles), size)]) for r in part]  # fmt: skip
+        asked = iter(
+            self._parallel(ask, [h for h, t in zip(handles, tried, strict=True) if t is None])
+        )
         disks: list[Disk] = []
         keep: dict[str, list[Any]] = {}
-        for res, entry in self._parallel(one, handles):
+        for res, entry in (t if t is not None else next(asked) for t in tried):
             if isinstance(res, Skip):
                 skips.append(res)
             elif res is not None:
@@ -631,6 +636,24 @@ class LibvirtHost:
                 if entry is not None:
                     keep[res.path] = entry
         return disks, skips, keep
+
+    def _reusable(self, pool: Pool, path: str) -> bool:
+        """Whether a volume can be a file on this machine whose description may be kept."""
+        return self.local and pool.type in ("dir", "fs") and path.startswith("/")
+
+    def _attempt(
+        self,
+        pool: Pool,
+        vol: libvirt.virStorageVol,
+        known: dict[str, list[Any]],
+        prints: dict[str, Any],
+        refreshed_at: int,
+    ) -> tuple[Disk, list[Any]] | None:
+        """The volume from its kept description, with that description; None: ask libvirt."""
+        path = vol.key()  # no RPC: the handle holds it (the target path, for these pools)
+        entry = known.get(path) if self._reusable(pool, path) else None
+        disk = self._reused(pool, vol.name(), path, entry, prints, refreshed_at)
+        return (disk, entry) if disk is not None and entry is not None else None
 
     def _reusable_handles(
         self, pools: list[Pool]
@@ -672,7 +695,7 @@ class LibvirtHost:
         finally:
             os.close(fd)
         end = len(head)  # trailing zeros (most of a header) are not hashed, only counted
-        while end and not any(head[max(0, end - 4096) : end]):
+        while end and head[max(0, end - 4096) : end] == cls._ZEROS[: min(4096, end)]:
             end = max(0, end - 4096)
         digest = hashlib.sha256(head[:end]).hexdigest()
         return [st.st_dev, st.st_ino, st.st_size, len(head), digest], st
