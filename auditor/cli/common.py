@@ -321,9 +321,7 @@ def emit(
         }
         click.echo(json.dumps(doc, indent=2))
     elif fmt == "csv":
-        from auditor.report.tables import to_csv
-
-        click.echo(to_csv(rows, columns), nl=False)
+        click.echo(table.csv_text(rows, columns), nl=False)
     else:
         width = None if view.wide else terminal_width()
         click.echo(table.render(full, list(view.columns or shown or columns), width))
