@@ -85,6 +85,7 @@ class Reusing:
         name = hashlib.sha256(host.uri.encode()).hexdigest()[:16]
         self.cache = Path(state) / f"volumes-{name}.json"
         self._refreshed_at: int | None = None
+        self._every_pool = True
 
     def read_pools(
         self, *, refresh: bool, names: Collection[str] | None = None
@@ -92,14 +93,18 @@ class Reusing:
         started = time.time_ns()
         found = self._inner.read_pools(refresh=refresh, names=names)
         self._refreshed_at = started if refresh and not self.read_only else None
+        self._every_pool = names is None
         return found
 
     def read_volumes(self, pools: list[Pool]) -> tuple[list[Disk], list[Skip]]:
+        """libvirt's figures; for files unchanged since, those it gave before."""
         if self._refreshed_at is None:
             return self._inner.read_volumes(pools)
         stamp = [self.VERSION, self.uri, self._inner.libvirt_version()]
         known = self._load(stamp)
         disks, skips, keep = self._inner.read_volumes_reusing(pools, known, self._refreshed_at)
+        if not self._every_pool:  # some pools read again: the others' entries stay
+            keep = known | keep
         if keep != known:
             self._save(stamp, keep)
         return disks, skips
