@@ -110,8 +110,9 @@ class Totals:
     used: int
     usable_free: int  # "available" in summary.json
     exposure: int
-    overcommit_ratio: float | None
+    overcommit_ratio: float | None  # over the pools and groups whose capacity is known
     over_threshold: int
+    capacity_unknown: int  # active pools and groups left out of capacity and the ratio
 
     def as_dict(self) -> dict[str, Any]:
         return {("available" if k == "usable_free" else k): v for k, v in self.__dict__.items()}
@@ -148,6 +149,16 @@ class Page:
         return tuple(s for s in self.pools if s.pool.state == "inactive")
 
     @property
+    def noted(self) -> tuple[PoolStatus, ...]:
+        """Pools with a figure unknown: libvirt's figure cannot be true, or cannot be had."""
+        return tuple(s for s in self.pools if s.pool.notes)
+
+    @property
+    def implausible(self) -> tuple[DiskReport, ...]:
+        """Disks with a size that cannot be true (made unknown)."""
+        return tuple(r for r in self.disks if r.implausible)
+
+    @property
     def totals(self) -> Totals:
         pools = [s.pool for s in self.pools]
         grouped = {(p.host, m) for p in pools if p.type == "shared-fs" for m in p.members}
@@ -157,7 +168,8 @@ class Page:
             if p.type == "shared-fs" or (p.is_pool and (p.host, p.pool) not in grouped)
         ]
         disks = self.summary.disks
-        capacity = sum(p.capacity or 0 for p in spaces)
+        known = [p for p in spaces if p.capacity is not None]
+        capacity = sum(p.capacity or 0 for p in known)
         provisioned = sum(p.provisioned or 0 for p in spaces)
         return Totals(
             hosts=len(self.summary.hosts),
@@ -173,8 +185,9 @@ class Page:
             used=sum(p.used or 0 for p in spaces),
             usable_free=sum(p.usable_free or 0 for p in spaces),
             exposure=sum(p.exposure or 0 for p in spaces),
-            overcommit_ratio=overcommit_ratio(provisioned, capacity),
+            overcommit_ratio=overcommit_ratio(sum(p.provisioned or 0 for p in known), capacity),
             over_threshold=len(self.problems),
+            capacity_unknown=sum(p.capacity is None and p.state == "running" for p in spaces),
         )
 
     @staticmethod

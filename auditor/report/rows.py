@@ -13,7 +13,7 @@ VOLUME_COLUMNS = [
 POOL_COLUMNS = [
     "host", "pool", "type", "state", "capacity", "allocation", "available", "volumes", "thin",
     "preallocated", "unknown", "provisioned", "used", "overcommit_ratio", "exposure",
-    "filesystem", "target", "autostart", "persistent",
+    "filesystem", "target", "autostart", "persistent", "note",
 ]  # fmt: skip
 SKIP_COLUMNS = ["host", "kind", "name", "reason"]
 SIZE_COLUMNS = frozenset(
@@ -45,11 +45,13 @@ def volume_row(r: DiskReport) -> dict[str, Any]:
 
 
 def pool_row(p: PoolSummary) -> dict[str, Any]:
-    """The CSV/JSON row; its ``available`` column is the usable free space."""
-    fields = {c: getattr(p, c) for c in POOL_COLUMNS if c != "available"}
+    """The CSV/JSON row; its ``available`` column is the usable free space, its ``note``
+    says why a figure is unknown (what libvirt reported, and why it cannot be true)."""
+    fields = {c: getattr(p, c) for c in POOL_COLUMNS if c not in ("available", "note")}
     return {c: fields.get(c) for c in POOL_COLUMNS} | {
         "available": p.usable_free,
         "filesystem": p.filesystem or "",
+        "note": "; ".join(p.notes),
     }
 
 
