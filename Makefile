@@ -2,7 +2,7 @@
 DEMO_URI = test://$(CURDIR)/examples/demo-host.xml
 VENV = .venv/bin
 
-.PHONY: demo test setup setup-test lint unit
+.PHONY: demo test setup setup-test lint unit postgres
 
 setup:
 	scripts/setup.sh
@@ -19,10 +19,13 @@ lint:
 	$(VENV)/ruff format --check auditor tests benchmarks
 	$(VENV)/mypy auditor
 
-test: setup-test
+test: setup-test postgres
 	scripts/testbed.sh
 	$(MAKE) --no-print-directory lint
 	$(VENV)/pytest $(PYTEST_ARGS)
+
+postgres: setup-test  # the tests' PostgreSQL server on 127.0.0.1 (scripts/postgres.sh)
+	scripts/postgres.sh
 
 unit: setup
 	$(VENV)/pytest -m "not libvirtd" $(PYTEST_ARGS)

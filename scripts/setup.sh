@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Install what auditor needs on Debian 12, idempotently: apt packages, then a .venv.
 #   scripts/setup.sh          runtime (libvirt client, qemu-img, build deps) + .venv
-#   scripts/setup.sh --test   also the test bed: libvirtd, QEMU, ext4 tools, Chromium
+#   scripts/setup.sh --test   also the test bed: libvirtd, QEMU, ext4 tools, Chromium,
+#                             PostgreSQL (a throwaway server: scripts/postgres.sh), promtool
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(python3 python3-venv python3-dev gcc pkg-config libvirt-dev libvirt-clients qemu-utils util-linux)
 if [[ "${1:-}" == "--test" ]]; then
   pkgs+=(libvirt-daemon-system libvirt-daemon-driver-qemu qemu-system-x86 e2fsprogs mount
-         chromium chromium-driver)
+         chromium chromium-driver postgresql prometheus)
 fi
 
 missing=()

@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -16,9 +16,19 @@ from auditor.cli.common import App, F, format_option, policy_option, refresh_opt
 from auditor.collect import collect
 from auditor.config import load
 from auditor.errors import EXIT_OK
-from auditor.history import SERIES_COLUMNS, open_history, parse_since, parse_time, series_row
+from auditor.history import (
+    SERIES_COLUMNS,
+    masked,
+    open_history,
+    parse_since,
+    parse_time,
+    series_row,
+)
 from auditor.models import Summary
 from auditor.report import table
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
 
 DEFAULT_HISTORY = Path("reports") / "history.sqlite"
 
@@ -39,11 +49,35 @@ class Timestamp(click.ParamType[datetime]):
             self.fail(str(exc), param, ctx)
 
 
+class HistoryLocation(click.ParamType[str]):
+    """An SQLite file or a postgresql:// URL, kept as given (a path type would fold the URL's
+    ``//``); completed in the shell as a file name."""
+
+    name = "PATH|URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text:
+            self.fail("give a file or a postgresql:// URL", param, ctx)
+        return text
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(incomplete, type="file")]
+
+
+HISTORY = HistoryLocation()
+
+
 def history_option(f: F) -> F:
     return click.option(
-        "--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
-        default=DEFAULT_HISTORY, show_default=True, metavar="PATH",
-        help="SQLite history database (created if missing).",
+        "--history", "history_path", type=HISTORY, default=str(DEFAULT_HISTORY),
+        show_default=True, metavar="PATH|URL",
+        help="History: an SQLite file (created if missing) or a postgresql://user@host/db URL "
+        "(password from ~/.pgpass or PGPASSWORD).",
     )(f)  # fmt: skip
 
 
@@ -72,7 +106,7 @@ def _collect(app: App, at: datetime | None, no_refresh: bool) -> Summary:
 def report(
     app: App,
     out: Path | None,
-    history_path: Path,
+    history_path: str,
     policy_path: str | None,
     at: datetime | None,
     no_refresh: bool,
@@ -102,14 +136,14 @@ def report(
 @at_option
 @refresh_option
 @click.pass_obj
-def snapshot(app: App, history_path: Path, at: datetime | None, no_refresh: bool) -> int:
+def snapshot(app: App, history_path: str, at: datetime | None, no_refresh: bool) -> int:
     """Collect and record one history snapshot, without rendering a report."""
     with open_history(history_path) as history:
         summary = _collect(app, at, no_refresh)
         sid = history.record(summary, version("auditor"))
     click.echo(
         f"snapshot {sid}: {len(summary.pools)} pools, {len(summary.disks)} volumes "
-        f"at {summary.collected_at.isoformat()} in {history_path}"
+        f"at {summary.collected_at.isoformat()} in {masked(history_path)}"
     )
     return warn(summary)
 
@@ -123,11 +157,11 @@ def snapshot(app: App, history_path: Path, at: datetime | None, no_refresh: bool
 )  # fmt: skip
 @format_option
 @click.option(
-    "--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_HISTORY, show_default=True, metavar="PATH", help="SQLite history database.",
+    "--history", "history_path", type=HISTORY, default=str(DEFAULT_HISTORY), show_default=True,
+    metavar="PATH|URL", help="History: an SQLite file or a postgresql:// URL.",
 )  # fmt: skip
 def history(
-    pool: str | None, host: str | None, since: str | None, fmt: str, history_path: Path
+    pool: str | None, host: str | None, since: str | None, fmt: str, history_path: str
 ) -> int:
     """Print the recorded series: one row per pool and snapshot, oldest first."""
     try:
@@ -137,7 +171,7 @@ def history(
     with open_history(history_path, create=False) as db:
         rows = [series_row(s) for s in db.series(pool=pool, since=start, host=host)]
     if fmt == "json":
-        click.echo(json.dumps({"history": str(history_path), "pools": rows}, indent=2))
+        click.echo(json.dumps({"history": masked(history_path), "pools": rows}, indent=2))
     elif fmt == "csv":
         from auditor.report.tables import to_csv
 

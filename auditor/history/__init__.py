@@ -1,8 +1,8 @@
 """The history of the figures: which store a location opens, and how its times are written.
 
 The store protocol and its value types are ``HistoryStore`` and friends in
-``auditor.interfaces``; ``sqlite`` is the embedded store. Every store has the same schema
-(README, "History") at the same version.
+``auditor.interfaces``; ``sqlite`` is the embedded store, ``postgres`` the central one. Every
+store has the same schema (README, "History") at the same version.
 """
 
 from __future__ import annotations
@@ -21,18 +21,33 @@ SCHEMA_VERSION = 1  # of the tables every store holds; a store refuses a newer o
 _POOL_FIELDS = [f.name for f in fields(PoolPoint)]
 SERIES_COLUMNS = ["collected_at", *_POOL_FIELDS[: _POOL_FIELDS.index("filesystem") + 1]]
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+_USERINFO = re.compile(r"(://[^/?#@:\s]*):[^/?#\s]*@")  # up to the last @ of the authority
+_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#\s]*")
 
 
 def open_history(where: str | Path, *, create: bool = True) -> HistoryStore:
-    """Open the history at ``where`` (an SQLite file); with ``create``, make it if missing."""
+    """Open the history at ``where``: an SQLite file, or a ``postgresql://`` URL (its password
+    from ``~/.pgpass`` or ``PGPASSWORD``); with ``create``, make it if missing."""
     url = _URL.match(str(where))
+    if url and url.group(1).lower() in POSTGRES_SCHEMES:
+        from auditor.history.postgres import PostgresHistory  # psycopg: only when asked for
+
+        return PostgresHistory.open(str(where), create=create)
     if url:
         raise HistoryError(
-            f"no history store for {url.group(1)}:// locations", "pass the path of a file"
+            f"no history store for {url.group(1)}:// locations",
+            "pass the path of a file or a postgresql:// URL",
         )
     from auditor.history.sqlite import SqliteHistory  # here: it imports this module
 
     return SqliteHistory.open(where, create=create)
+
+
+def masked(where: str | Path) -> str:
+    """A history location (or any text holding URLs) as it may be printed: every URL's
+    password, in its user part or a ``password=`` parameter, replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", str(where)))
 
 
 def stamp(at: datetime) -> str:
