@@ -347,10 +347,12 @@ def test_report_and_summary_json(runs: dict[str, Runs], name: str) -> None:
     assert volumes == {v["volume"]: v for v in runs[name].volumes.json()["volumes"]}
     totals = doc["totals"]
     known = e.figures["capacity"] is not None
-    assert totals["capacity"] == (CAP if known else 0)
+    assert totals["capacity"] == (CAP if known else None)  # None: no capacity known
     assert totals["capacity_unknown"] == (0 if known else 1)
     assert totals["overcommit_ratio"] == e.figures["overcommit_ratio"]
     assert totals["provisioned"] == e.figures["provisioned"]
+    for total, column in (("used", "used"), ("available", "available"), ("exposure", "exposure")):
+        assert totals[total] == e.figures[column], total
 
 
 @pytest.mark.parametrize("name", ["rbd", "logical-thin", "huge", "iscsi"])

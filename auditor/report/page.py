@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -15,6 +15,13 @@ PROBLEM_LEVELS = ("crit", "warn")
 
 def _minus(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a - b
+
+
+def _sum(values: Iterable[int | None]) -> int | None:
+    """Σ of the known values; None when there are values and none of them is known."""
+    given = list(values)
+    known = [v for v in given if v is not None]
+    return sum(known) if known or not given else None
 
 
 class PoolFigures(Protocol):
@@ -105,11 +112,11 @@ class Totals:
     thin: int
     preallocated: int
     unknown: int
-    capacity: int
-    provisioned: int
-    used: int
-    usable_free: int  # "available" in summary.json
-    exposure: int
+    capacity: int | None  # each sum: None when no row has that figure known
+    provisioned: int | None
+    used: int | None
+    usable_free: int | None  # "available" in summary.json
+    exposure: int | None
     overcommit_ratio: float | None  # over the pools and groups whose capacity is known
     over_threshold: int
     capacity_unknown: int  # active pools and groups left out of capacity and the ratio
@@ -169,8 +176,7 @@ class Page:
         ]
         disks = self.summary.disks
         known = [p for p in spaces if p.capacity is not None]
-        capacity = sum(p.capacity or 0 for p in known)
-        provisioned = sum(p.provisioned or 0 for p in spaces)
+        capacity = _sum(p.capacity for p in spaces)
         return Totals(
             hosts=len(self.summary.hosts),
             pools=sum(p.is_pool for p in pools),
@@ -181,10 +187,10 @@ class Page:
             preallocated=sum(r.provisioning.value == "preallocated" for r in disks),
             unknown=sum(r.provisioning.value == "unknown" for r in disks),
             capacity=capacity,
-            provisioned=provisioned,
-            used=sum(p.used or 0 for p in spaces),
-            usable_free=sum(p.usable_free or 0 for p in spaces),
-            exposure=sum(p.exposure or 0 for p in spaces),
+            provisioned=_sum(p.provisioned for p in spaces),
+            used=_sum(p.used for p in spaces),
+            usable_free=_sum(p.usable_free for p in spaces),
+            exposure=_sum(p.exposure for p in spaces),
             overcommit_ratio=overcommit_ratio(sum(p.provisioned or 0 for p in known), capacity),
             over_threshold=len(self.problems),
             capacity_unknown=sum(p.capacity is None and p.state == "running" for p in spaces),
