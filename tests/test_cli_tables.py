@@ -340,24 +340,30 @@ def _qcow2(path: Path, size: str, *extra: str) -> None:
 
 def test_any_change_is_read_from_libvirt_again(scratch_pool: PoolSpec, xml_calls: Counted) -> None:
     """A new size, a new header (a raw file that became qcow2, a resized qcow2), a changed
-    backing file or a file changed since the refresh: libvirt is asked, figures stay equal."""
+    backing file or a file changed since the refresh: libvirt is asked, figures stay equal.
+    Data written past the probed bytes changes only the disk size, which stat gives."""
     folder = Path(scratch_pool.path)
     _qcow2(folder / "base.qcow2", "64M")
     _qcow2(folder / "top.qcow2", "64M", "-b", "base.qcow2", "-F", "qcow2")
-    with open(folder / "plain.raw", "wb") as fh:
-        fh.truncate(8 * MiB)
+    for name in ("plain.raw", "data.raw"):
+        with open(folder / name, "wb") as fh:
+            fh.truncate(8 * MiB)
     with LibvirtHost.connect("qemu:///system") as host:
         plain, reused, keep, _ = read_both(host, [scratch_pool.name], {}, xml_calls)
-        assert reused == plain and len(keep) == 3
+        assert reused == plain and len(keep) == 4
         subprocess.run(["qemu-img", "resize", "-q", str(folder / "base.qcow2"), "128M"], check=True)
         _qcow2(folder / "plain.raw.tmp", "1G")
         with open(folder / "plain.raw.tmp", "rb") as src, open(folder / "plain.raw", "r+b") as dst:
             dst.write(src.read(4096))  # same inode and size, a qcow2 header now
         (folder / "plain.raw.tmp").unlink()
+        with open(folder / "data.raw", "r+b") as fh:
+            fh.seek(4 * MiB)
+            fh.write(b"\x5a" * MiB)  # past the probed bytes: same description, more on disk
         plain, reused, keep, calls = read_both(host, [scratch_pool.name], keep, xml_calls)
-        assert reused == plain and calls == 3  # all three: top through its backing file
+        assert reused == plain and calls == 3  # all but data.raw: top through its backing
         assert plain[str(folder / "plain.raw")].format == "qcow2"
         assert plain[str(folder / "base.qcow2")].virtual_size == 128 * MiB
+        assert plain[str(folder / "data.raw")].disk_size == MiB
         started = time.time_ns()
         pools, _ = host.read_pools(refresh=True, names=[scratch_pool.name])
         fresh, _, kept = host.read_volumes_reusing(pools, keep, started)  # files seconds old

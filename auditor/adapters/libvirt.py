@@ -579,10 +579,14 @@ class LibvirtHost:
     # Additive to read_volumes, with the same results (tests/test_cli_tables.py proves it on
     # the bed). A regular file of a dir or fs pool on this machine needs no XMLDesc when it
     # has not changed since before this run's pool refresh began and libvirt described the
-    # very same file before: same device, inode and size, the same bytes where libvirt probes
-    # a format (the first 0x8200), and the same for its backing file. Format, virtual size and
-    # backing come from that description; disk size and physical size from stat, which is
-    # where libvirt takes them (st_blocks x 512, st_size) - checked for each file described.
+    # very same file before: same device, inode and size, and either the same ctime and mtime
+    # (not written since: nothing is read) or the same bytes where libvirt probes a format
+    # (the first 0x8200); the same for its backing file. Format, virtual size and backing
+    # come from that description; disk size and physical size from stat, which is where
+    # libvirt takes them (st_blocks x 512, st_size) - checked for each file described.
+    # An entry: [key, stamp, backing key, backing stamp, kind, format, capacity, backing,
+    # backing format]; key = [device, inode, size, bytes probed, their SHA-256], stamp =
+    # [ctime, mtime] (ns).
 
     PROBED = 0x8200  # bytes libvirt reads to probe a file (VIR_STORAGE_MAX_HEADER)
     SETTLED_NS = 2_000_000_000  # changed this shortly before the refresh: ask libvirt
@@ -605,10 +609,10 @@ class LibvirtHost:
         earlier call) where they still hold. ``refreshed_at``: ``time.time_ns()`` before this
         run refreshed ``pools``. Returns the disks, skips and the descriptions to keep."""
         handles, skips = self._reusable_handles(pools)
-        prints: dict[str, tuple[list[Any], os.stat_result] | None] = {}
+        seen: dict[tuple[str, str], Any] = {}  # this run's stat and key of each file
 
         def attempt(chunk: list[tuple[Pool, libvirt.virStorageVol]]) -> list[Any]:
-            return [self._attempt(pool, vol, known, prints, refreshed_at) for pool, vol in chunk]
+            return [self._attempt(pool, vol, known, seen, refreshed_at) for pool, vol in chunk]
 
         def ask(item: tuple[Pool, libvirt.virStorageVol]) -> tuple[Disk | Skip | None, Any]:
             pool, vol = item
@@ -618,7 +622,7 @@ class LibvirtHost:
                 disk = self._volume(pool, vol.XMLDesc(0))
             except libvirt.libvirtError as exc:
                 return self._skip("volume", f"{pool.name}/{vol.name()}", exc), None
-            return disk, self._described(disk, before, prints, refreshed_at)
+            return disk, self._described(disk, before, seen, refreshed_at)
 
         size = max(1, -(-len(handles) // (2 * WORKERS)))  # a few chunks: no RPC, little work
         tried = [r for part in self._parallel(attempt, [handles[i : i + size] for i in
@@ -641,20 +645,6 @@ class LibvirtHost:
         """Whether a volume can be a file on this machine whose description may be kept."""
         return self.local and pool.type in ("dir", "fs") and path.startswith("/")
 
-    def _attempt(
-        self,
-        pool: Pool,
-        vol: libvirt.virStorageVol,
-        known: dict[str, list[Any]],
-        prints: dict[str, Any],
-        refreshed_at: int,
-    ) -> tuple[Disk, list[Any]] | None:
-        """The volume from its kept description, with that description; None: ask libvirt."""
-        path = vol.key()  # no RPC: the handle holds it (the target path, for these pools)
-        entry = known.get(path) if self._reusable(pool, path) else None
-        disk = self._reused(pool, vol.name(), path, entry, prints, refreshed_at)
-        return (disk, entry) if disk is not None and entry is not None else None
-
     def _reusable_handles(
         self, pools: list[Pool]
     ) -> tuple[list[tuple[Pool, libvirt.virStorageVol]], list[Skip]]:
@@ -674,8 +664,8 @@ class LibvirtHost:
 
     @classmethod
     def _fingerprint(cls, path: str, refreshed_at: int) -> tuple[list[Any], os.stat_result] | None:
-        """([device, inode, size, length and SHA-256 of the probed bytes], stat) of a regular
-        file unchanged since ``SETTLED_NS`` before ``refreshed_at``; None for anything else."""
+        """(key, stat) of a regular file unchanged since ``SETTLED_NS`` before
+        ``refreshed_at``, reading the bytes libvirt probes; None for anything else."""
         import hashlib
         import stat
 
@@ -700,49 +690,73 @@ class LibvirtHost:
         digest = hashlib.sha256(head[:end]).hexdigest()
         return [st.st_dev, st.st_ino, st.st_size, len(head), digest], st
 
-    def _print_of(
-        self, path: str, prints: dict[str, Any], refreshed_at: int
-    ) -> tuple[list[Any], os.stat_result] | None:
-        if path not in prints:
-            prints[path] = self._fingerprint(path, refreshed_at)
-        found: tuple[list[Any], os.stat_result] | None = prints[path]
-        return found
+    @classmethod
+    def _settled(cls, path: str, seen: dict[tuple[str, str], Any], refreshed_at: int) -> Any:
+        """The lstat of a regular file settled before the refresh (else None), once a run."""
+        import stat
 
-    def _reused(
+        if ("stat", path) not in seen:
+            try:
+                st: os.stat_result | None = os.lstat(path)
+            except OSError:
+                st = None
+            if st is not None and (
+                not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= refreshed_at - cls.SETTLED_NS
+            ):
+                st = None
+            seen["stat", path] = st
+        return seen["stat", path]
+
+    def _still(
+        self, path: str, key: list[Any], stamp: list[int], seen: dict[Any, Any], refreshed_at: int
+    ) -> tuple[list[int], os.stat_result] | None:
+        """(stamp, stat) if ``path`` is still the file of ``key``: settled, same device, inode
+        and size, and the same stamp or (read once a run) the same probed bytes."""
+        st = self._settled(path, seen, refreshed_at)
+        if st is None or [st.st_dev, st.st_ino, st.st_size] != key[:3]:
+            return None
+        now = [st.st_ctime_ns, st.st_mtime_ns]
+        if now != stamp:
+            if ("key", path) not in seen:
+                found = self._fingerprint(path, refreshed_at)
+                seen["key", path] = found[0] if found else None
+            if seen["key", path] != key:
+                return None
+        return now, st
+
+    def _attempt(
         self,
         pool: Pool,
-        name: str,
-        path: str,
-        entry: list[Any] | None,
-        prints: dict[str, Any],
+        vol: libvirt.virStorageVol,
+        known: dict[str, list[Any]],
+        seen: dict[Any, Any],
         refreshed_at: int,
-    ) -> Disk | None:
-        """The Disk libvirt would describe, from ``entry`` if its file (and backing file) is
-        still the one described; None when libvirt must be asked."""
+    ) -> tuple[Disk, list[Any]] | None:
+        """The volume from its kept description, and the entry to keep; None: ask libvirt."""
+        path = vol.key()  # no RPC: the handle holds it (the target path, for these pools)
+        entry = known.get(path) if self._reusable(pool, path) else None
         if entry is None:
             return None
         try:
-            key, backing_key, kind, fmt, capacity, backing, backing_format = entry
-            now = self._print_of(path, prints, refreshed_at)
-            if now is None or now[0] != key:
-                return None
-            if backing is not None:
-                base = self._print_of(backing, prints, refreshed_at)
-                if base is None or base[0] != backing_key:
-                    return None
-        except (TypeError, ValueError):  # a damaged entry: ask libvirt
+            key, stamp, base_key, base_stamp, kind, fmt, capacity, backing, backing_fmt = entry
+            now = self._still(path, key, stamp, seen, refreshed_at)
+            base = self._still(backing, base_key, base_stamp, seen, refreshed_at) if backing else ()
+        except (TypeError, ValueError, IndexError):  # a damaged entry: ask libvirt
+            return None
+        if now is None or base is None:
             return None
         st = now[1]
-        return Disk(host=self.host, path=path, name=name, pool=pool.name, backend=pool.type,
-                    kind=kind, format=fmt, virtual_size=capacity, disk_size=st.st_blocks * 512,
-                    physical=st.st_size, backing_file=backing,
-                    backing_format=backing_format)  # fmt: skip
+        disk = Disk(host=self.host, path=path, name=vol.name(), pool=pool.name,
+                    backend=pool.type, kind=kind, format=fmt, virtual_size=capacity,
+                    disk_size=st.st_blocks * 512, physical=st.st_size, backing_file=backing,
+                    backing_format=backing_fmt)  # fmt: skip
+        return disk, [key, now[0], base_key, base[0] if base else None, *entry[4:]]
 
     def _described(
         self,
         disk: Disk | None,
         before: tuple[list[Any], os.stat_result] | None,
-        prints: dict[str, Any],
+        seen: dict[Any, Any],
         refreshed_at: int,
     ) -> list[Any] | None:
         """The entry to keep for ``disk`` as libvirt just described it: only for a file that
@@ -750,18 +764,24 @@ class LibvirtHost:
         if disk is None or before is None or disk.kind != "file":
             return None
         key, st = before
-        after = self._fingerprint(disk.path, refreshed_at)
-        if after is None or after[0] != key or after[1].st_ctime_ns != st.st_ctime_ns:
+        try:
+            after = os.lstat(disk.path)
+        except OSError:
+            return None
+        stamp = [st.st_ctime_ns, st.st_mtime_ns]
+        if [after.st_ino, after.st_size, after.st_ctime_ns, after.st_mtime_ns] != [
+            st.st_ino, st.st_size, *stamp
+        ]:  # fmt: skip
             return None
         if (disk.disk_size, disk.physical) != (st.st_blocks * 512, st.st_size):
             return None
-        backing_key = None
+        base: list[Any] = [None, None]
         if disk.backing_file is not None:
-            base = self._print_of(disk.backing_file, prints, refreshed_at)
-            if base is None:
+            found = self._fingerprint(disk.backing_file, refreshed_at)
+            if found is None:
                 return None
-            backing_key = base[0]
-        return [key, backing_key, disk.kind, disk.format, disk.virtual_size, disk.backing_file,
+            base = [found[0], [found[1].st_ctime_ns, found[1].st_mtime_ns]]
+        return [key, stamp, *base, disk.kind, disk.format, disk.virtual_size, disk.backing_file,
                 disk.backing_format]  # fmt: skip
 
 

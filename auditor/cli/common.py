@@ -76,7 +76,7 @@ class Reusing:
     ``volumes-<hash of the URI>.json``. Only after a pool refresh in this run: without one,
     libvirt's figures may be older than the files, and every volume is asked of libvirt."""
 
-    VERSION = 1
+    VERSION = 2  # of the entries' layout (LibvirtHost.read_volumes_reusing)
 
     def __init__(self, host: LibvirtHost, state: str) -> None:
         self._inner = host
