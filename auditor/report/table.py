@@ -183,13 +183,7 @@ def sort_rows(rows: list[dict[str, Any]], column: str, reverse: bool = False) ->
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # as report/tables.py
 
 
-def _csv_cell(column: str, value: Any) -> Any:
-    if value is None:
-        return ""
-    if column in SIZE_COLUMNS or column in COUNT_COLUMNS:
-        return value
-    if column == "overcommit_ratio":
-        return float(value)
+def _csv_text_cell(value: Any) -> Any:
     if isinstance(value, list):
         value = ";".join(value)
     if isinstance(value, str) and value.startswith(FORMULA_START):
@@ -197,12 +191,21 @@ def _csv_cell(column: str, value: Any) -> Any:
     return value
 
 
+def _csv_ratio(value: Any) -> Any:
+    return None if value is None else float(value)
+
+
 def csv_text(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """The text ``report.tables.to_csv`` writes (exact integers, ``;``-joined users, formula-
     like text prefixed with ``'``), without importing pandas: 0.2 s of a read command's
     start-up. tests/test_cli_tables.py checks that both agree."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\n")  # None is written as an empty cell
     writer.writerow(columns)
-    writer.writerows([_csv_cell(c, r.get(c)) for c in columns] for r in rows)
+    numbers = SIZE_COLUMNS | COUNT_COLUMNS
+    cells = [None if c in numbers else _csv_ratio if c == "overcommit_ratio" else _csv_text_cell
+             for c in columns]  # fmt: skip
+    for r in rows:
+        values = [r.get(c) for c in columns]
+        writer.writerow([v if f is None else f(v) for f, v in zip(cells, values, strict=True)])
     return out.getvalue()
