@@ -55,6 +55,8 @@ LAZY: dict[str, tuple[str, str]] = {
             "upload, download, wipe, attach and detach, with the guards libvirt lacks."),
     "journal": ("auditor.cli.journal", "Print the journal of changes: an intent before each "
                 "action, an outcome after."),
+    "metrics": ("auditor.cli.metrics", "Prometheus metrics of every host: pools, levels, days "
+                "to full, findings, host up."),
 }  # fmt: skip
 
 
