@@ -42,8 +42,9 @@ class Record:
     after: Mapping[str, Any] = field(default_factory=dict)  # figures expected or measured
     leftovers: tuple[str, ...] = ()  # what a killed run may leave (intent)
     made: Mapping[str, Any] = field(default_factory=dict)  # proof of what was created
-    outcome: str = ""  # done, failed, interrupted (outcome)
+    outcome: str = ""  # done, failed, interrupted, cleaned up (outcome)
     message: str = ""
+    pid: int = 0  # the process that wrote it: an intent of a live process is not killed
 
     @classmethod
     def parse(cls, line: str) -> Record | None:
@@ -95,10 +96,26 @@ class Journal:
         return [r for r in found if since is None or datetime.fromisoformat(r.time) >= since]
 
     def incomplete(self) -> list[Record]:
-        """Intents that have no outcome: actions that were killed."""
+        """Intents that have no outcome and whose process is gone: actions that were killed
+        (an action still running in another process is not one)."""
         records = self.records()
         ended = {r.id for r in records if r.phase == "outcome"}
-        return [r for r in records if r.phase == "intent" and r.id not in ended]
+        return [
+            r for r in records if r.phase == "intent" and r.id not in ended and not _alive(r.pid)
+        ]
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine still runs (0: not recorded)."""
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -137,7 +154,7 @@ def journalled(
     """Write the intent, yield; an exception writes a failed (or interrupted) outcome. The
     caller writes the ``done`` outcome with the measured figures."""
     intent = Record(secrets.token_hex(8), "intent", now(), host, action, subject,
-                    before, after, leftovers)  # fmt: skip
+                    before, after, leftovers, pid=os.getpid())  # fmt: skip
     journal.append(intent)
     entry = Entry(journal, intent)
     try:

@@ -64,6 +64,8 @@ def _fix_host(app: App, host_name: str, summary: Summary, facts: Facts, opts: di
         if not opts["dry_run"]:
             stack.enter_context(host_lock(app.state, host.uri))
         ctx = Context(host, app.probes, facts.config, View(summary, host_name), journal)
+        still = {r.id for r in journal.incomplete()}  # with the lock: none finishes meanwhile
+        findings = [f for f in findings if f.code != "AUD801" or f.figure("journal_id") in still]
         made = {k: tuple(dict(p) for p in v) for k, v in facts.made.items()}
         plans = fixes.resolve(findings, ctx, fixer, made, unsafe=opts["unsafe"],
                               force=opts["force"])  # fmt: skip
