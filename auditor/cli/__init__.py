@@ -47,6 +47,10 @@ LAZY: dict[str, tuple[str, str]] = {
                  "Collect and record one history snapshot, without rendering a report."),
     "history": ("auditor.cli.reporting",
                 "Print the recorded series: one row per pool and snapshot, oldest first."),
+    "plan": ("auditor.cli.planning", "Growth per pool and shared-fs group (a robust fit over "
+             "the window), when it reaches its critical threshold and capacity, the worst case "
+             "and the capacity to buy; with --add or --remove, the figures after that change "
+             "beside now."),
     "audit": ("auditor.cli.audit",
               "Findings against the policy, worst first; --fix repairs what is safe to repair."),
     "pool": ("auditor.cli.ops",
