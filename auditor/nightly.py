@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
+from auditor import planning
 from auditor.config import Config
-from auditor.interfaces import Earlier, HistoryStore, PoolPoint
+from auditor.interfaces import Earlier, HistoryStore, PoolPoint, SeriesPoint
 from auditor.models import PoolSummary, Summary
 from auditor.report.page import Page, PoolDelta, PoolStatus, VolumeChange
 from auditor.report.publish import publish, render_files
@@ -58,12 +60,22 @@ def volume_changes(summary: Summary, earlier: Iterable[Earlier]) -> list[VolumeC
     return sorted(out, key=lambda c: (c.host, c.change, c.pool, c.volume))
 
 
+def plan_now(summary: Summary, config: Config, history: HistoryStore) -> planning.Planning:
+    """The planning section: the hosts' snapshots of the window before this run, and this run."""
+    end = summary.collected_at
+    before = history.series(since=end - planning.WINDOW, until=end - timedelta(microseconds=1))
+    past = [s for s in before if s.point.host in summary.hosts]
+    now = [SeriesPoint(end, 0, PoolPoint.of(p)) for p in summary.pools]
+    return planning.plan([*past, *now], config, end=end)
+
+
 def build_page(
     summary: Summary,
     config: Config,
     earlier: list[Earlier],
     sources: tuple[str, ...],
     version: str,
+    plan: planning.Planning | None = None,
 ) -> Page:
     """Everything the report shows, compared with each host's ``earlier`` snapshot."""
     thresholds = {"default": asdict(config.thresholds)} | {
@@ -78,6 +90,7 @@ def build_page(
         config_source=config.source,
         previous_at=max((e.collected_at for e in earlier), default=None),
         volume_changes=tuple(volume_changes(summary, earlier)),
+        planning=plan,
     )
 
 
@@ -92,7 +105,8 @@ def report(
     """Compare with the history, render the four files, then record the snapshot and publish
     them in one history transaction: a failed publish records nothing."""
     earlier = history.earlier(summary.hosts, summary.collected_at)
-    page = build_page(summary, config, earlier, sources, version)
+    plan = plan_now(summary, config, history)
+    page = build_page(summary, config, earlier, sources, version, plan)
     files = render_files(page)
     with history.transaction():
         history.record(summary, version)

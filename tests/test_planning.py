@@ -1,17 +1,19 @@
 """Capacity planning without a daemon: the fit on synthetic points, days to full, the worst
-case, the capacity needed, what-if, and `auditor plan` on histories recorded from libvirt's
-test driver."""
+case, the capacity needed, what-if, the chart's geometry, and `auditor plan` on histories
+recorded from libvirt's test driver."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sqlite3
 import statistics
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from fractions import Fraction
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,7 @@ from auditor.planning import (
     thinned,
     what_if,
 )
+from auditor.report.chart import chart, in_days, nice_step
 
 T0 = datetime(2025, 6, 1, tzinfo=UTC)  # long ago: planning counts from the newest snapshot
 MiB = 1 << 20
@@ -351,6 +354,91 @@ def test_what_if_refuses_unknown_volumes_and_backing_files() -> None:
         delta(Change(remove=("base.qcow2",)), "images", vols)
 
 
+# ---- the chart -------------------------------------------------------------------------------
+
+
+def test_nice_steps_and_day_text() -> None:
+    assert nice_step(100 * GiB) == 50 * GiB and nice_step(4 * GiB) == GiB
+    assert nice_step(3 * 1024**4) == 1024**4 and nice_step(10) == 5
+    assert in_days(Fraction(1)) == "1 day" and in_days(timedelta(days=30)) == "30 days"
+    assert in_days(Fraction(3, 2)) == "1.5 days" and in_days(None) == ""
+
+
+def test_chart_geometry() -> None:
+    used = [40 * GiB + d * 2 * GiB for d in range(6)]
+    p = one(series(used, provisioned=150 * GiB))
+    c = chart(p)
+    assert c is not None
+    ys = [y for _, y in c.used.dots]
+    assert ys == sorted(ys, reverse=True)  # growing: SVG y goes down
+    xs = [x for x, _ in c.used.dots]
+    assert xs[0] == c.left and all(c.left <= x <= c.right for x in xs)
+    assert c.top <= c.capacity_y < c.crit_y < c.bottom
+    # the fitted line starts at the first snapshot and ends at the horizon (plot's right edge)
+    (x0, y0), (x1, y1) = (tuple(map(float, xy.split(","))) for xy in c.used_fit.split())
+    assert (x0, x1) == (c.left, c.right) and y0 == pytest.approx(ys[0], abs=0.2)
+    assert y1 < c.top  # 230 GiB at the horizon: cut, the axis stops at 1.5 x capacity (+8 %)
+    assert c.yticks[-1].label == "150 GiB"
+    kinds = [m.kind for m in c.markers]
+    assert kinds == ["now", "crit", "full"] and c.now_x == xs[-1]
+    assert [m.label for m in c.markers][1:] == ["critical Jun 26 (in 20 days)",
+                                                "full Jul 1 (in 25 days)"]  # fmt: skip
+    assert c.yticks[0].label == "0 B" and not c.clipped
+
+
+def test_chart_cuts_provisioned_far_beyond_capacity() -> None:
+    p = one(series([GiB, 2 * GiB, 3 * GiB], provisioned=900 * GiB))
+    c = chart(p)
+    assert c is not None and c.clipped
+    assert float(c.yticks[-1].label.split()[0]) <= 2 * 100 * 1.08
+
+
+class Attributes(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_planning_section_on_the_page_obeys_the_csp(tmp_path: Path) -> None:
+    """No style attribute, no script, no external reference: colours are SVG attributes."""
+    from summaries import summary
+
+    from auditor.history import open_history
+    from auditor.nightly import build_page, plan_now
+    from auditor.report import html
+
+    with open_history(tmp_path / "h.sqlite") as h:
+        for d in range(4):
+            h.record(summary(T0 + d * DAY, "h1", extra=d == 3), "x")
+        now = summary(T0 + 4 * DAY, "h1", extra=True)
+        page = build_page(now, Config(), [], ("x",), "9.9", plan_now(now, Config(), h))
+    text = html.render(page)
+    start, end = text.index('<section id="planning">'), text.index('<section id="pools">')
+    parser = Attributes()
+    parser.feed(text[start:end])
+    assert sum(t == "svg" for t, _ in parser.tags) == 2 * len(page.planning.pools)  # type: ignore[union-attr]
+    for tag, attrs in parser.tags:
+        assert "style" not in attrs and tag not in ("script", "style", "img", "image"), tag
+        assert not {"src", "href", "xlink:href"} & set(attrs) or attrs["href"].startswith("#")
+    assert "<strong>big</strong>" in text[start:end] and "1 pool fills up" in text[start:end]
+    doc = page.document()["planning"]
+    assert doc["pools"] == [p.row() for p in page.planning.pools]  # type: ignore[union-attr]
+    assert doc["newest_at"] == now.collected_at.isoformat() and doc["horizon_days"] == 90.0
+
+
+def test_a_page_without_planning_has_no_section() -> None:
+    from summaries import summary
+
+    from auditor.nightly import build_page
+    from auditor.report import html
+
+    page = build_page(summary(T0, "h1"), Config(), [], ("x",), "9.9")
+    assert 'id="planning"' not in html.render(page) and page.document()["planning"] is None
+
+
 # ---- auditor plan on histories of the test driver ------------------------------------------
 
 POOL_XML = """<pool type="dir"><name>{name}</name><target><path>/srv/{name}</path></target>
@@ -511,6 +599,15 @@ def test_plan_needs_a_history_with_a_snapshot(tmp_path: Path) -> None:
         pass
     empty = auditor("plan", "--history", str(tmp_path / "empty.sqlite"))
     assert empty.code == 2 and "holds no snapshot" in empty.err
+
+
+def test_summary_json_carries_the_plan_figures(grown: Path) -> None:
+    doc = json.loads((grown / "out" / "summary.json").read_text())["planning"]
+    cli = auditor("plan", "--history", str(grown / "h.sqlite"), "-f", "json").json()
+    assert doc["pools"] == cli["pools"] and doc["newest_at"] == cli["newest_at"]
+    page = (grown / "out" / "report.html").read_text()
+    assert "Within 90 days: 1 pool fills up</h3>" in page
+    assert "full on 2025-06-26 (in 21 days)" in page
 
 
 def test_fit_has_the_documented_fields() -> None:

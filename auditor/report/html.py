@@ -16,6 +16,7 @@ from importlib.resources import files
 from jinja2 import Environment, FunctionLoader, StrictUndefined
 from markupsafe import Markup
 
+from auditor.report.chart import chart, in_days, iso_date
 from auditor.report.page import Page, PoolStatus
 from auditor.units import exact, iec, signed, signed_count
 
@@ -87,6 +88,8 @@ def environment() -> Environment:
         iec=iec, exact=exact, signed=signed, signed_count=signed_count, when=when, num=num
     )
     env.globals.update(bar=bar, levels=LEVELS, width=BAR_WIDTH)
+    env.filters.update(date=iso_date, in_days=in_days)  # the planning section
+    env.globals.update(chart=chart)
     return env
 
 

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from auditor.models import DiskReport, PoolSummary, Summary, overcommit_ratio
+from auditor.report.chart import PlanningLike
 from auditor.report.rows import pool_row, skip_row, volume_rows
 
 PROBLEM_LEVELS = ("crit", "warn")
@@ -137,6 +138,7 @@ class Page:
     config_source: str | None = None
     previous_at: datetime | None = None
     volume_changes: tuple[VolumeChange, ...] = ()
+    planning: PlanningLike | None = None  # growth and days to full over the history
 
     @property
     def disks(self) -> tuple[DiskReport, ...]:
@@ -225,4 +227,5 @@ class Page:
             "volumes": volume_rows(s),
             "skipped": [skip_row(k) for k in s.skips],
             "notices": list(s.notices),
+            "planning": self.planning.as_dict() if self.planning else None,
         }
