@@ -32,6 +32,7 @@ from auditor.units import human
 MiB = 1 << 20
 QCOW2_CLUSTER = 64 * 1024
 MAX_SIZE = 1 << 62  # 4 EiB: beyond any real disk or pool, so a larger figure is not a size
+MAX_SUM = (1 << 63) - 1  # a sum beyond: more than any storage, and than a signed 64-bit column
 MAX_VIRTUAL = MAX_SIZE  # a virtual size above it: a corrupt header (libvirt reads it unchecked)
 # A volume of these is a whole LUN: capacity = allocation = its size, whatever the array
 # behind it provisions (storage_backend_iscsi.c, _iscsi_direct.c, _scsi.c, _mpath.c).
@@ -421,6 +422,18 @@ def _used_note(used: int | None, capacity: int | None) -> str | None:
     )
 
 
+def _bounded(label: str, figure: str, total: int | None, notes: list[str]) -> int | None:
+    """A sum of 2^63 bytes or more (8 EiB) is beyond any storage and any signed 64-bit
+    integer (the history's columns): unknown, with a note."""
+    if total is None or total <= MAX_SUM:
+        return total
+    notes.append(
+        f"the volumes' {label} add up to {human(total)}, beyond 8 EiB (2^63 bytes): more than"
+        f" any storage holds; {figure} unknown"
+    )
+    return None
+
+
 def _partial_note(rows: list[DiskReport], figures: Figures) -> str | None:
     """Which sums leave out volumes whose figure is unknown (when some of them are known)."""
     parts = []
@@ -448,6 +461,14 @@ def _summary(
     ``space`` is (capacity, allocation, usable free) with the notes on unknown figures."""
     (capacity, allocation, available), notes = space
     f = Figures.of(rows) if rows is not None else None
+    big: list[str] = []
+    if f is not None:
+        f = replace(
+            f,
+            provisioned=_bounded("virtual sizes", "provisioned", f.provisioned, big),
+            used=_bounded("disk sizes", "used", f.used, big),
+            exposure=_bounded("growths", "exposure", f.exposure, big),
+        )
     used_note = _used_note(f.used, capacity) if f else None
     partial = _partial_note(rows, f) if rows is not None and f and not used_note else None
     provisioned = f.provisioned if f else None
@@ -470,7 +491,7 @@ def _summary(
         exposure=f.exposure if f else None,
         filesystem=filesystem,
         members=members,
-        notes=notes + tuple(n for n in (used_note, partial) if n),
+        notes=notes + tuple(big) + tuple(n for n in (used_note, partial) if n),
     )
 
 

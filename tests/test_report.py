@@ -103,7 +103,8 @@ def test_summary_json_levels_totals_and_order(tmp_path: Path) -> None:
         "provisioned 2.50x capacity (critical at 2x)", "88.0% used (warning at 80%)"
     ]  # fmt: skip
     assert vmstore["thresholds"] == {
-        "used_warn": 80.0, "used_crit": 90.0, "overcommit_warn": 1.5, "overcommit_crit": 2.0
+        "used_warn": 80.0, "used_crit": 90.0, "overcommit_warn": 1.5, "overcommit_crit": 2.0,
+        "exposure_crit": 1.0,
     }  # fmt: skip
     t = d["totals"]
     assert (t["hosts"], t["pools"], t["volumes"], t["unmanaged"], t["over_threshold"]) == (
