@@ -10,7 +10,7 @@ from pathlib import Path
 from auditor import planning
 from auditor.config import Config
 from auditor.interfaces import Earlier, HistoryStore, PoolPoint, SeriesPoint
-from auditor.models import PoolSummary, Summary
+from auditor.models import Finding, PoolSummary, Summary
 from auditor.report.page import Page, PoolDelta, PoolStatus, VolumeChange
 from auditor.report.publish import publish, render_files
 from auditor.thresholds import SEVERITY, Level, assess
@@ -76,6 +76,7 @@ def build_page(
     sources: tuple[str, ...],
     version: str,
     plan: planning.Planning | None = None,
+    findings: tuple[Finding, ...] = (),
 ) -> Page:
     """Everything the report shows, compared with each host's ``earlier`` snapshot."""
     thresholds = {"default": asdict(config.thresholds)} | {
@@ -91,6 +92,7 @@ def build_page(
         previous_at=max((e.collected_at for e in earlier), default=None),
         volume_changes=tuple(volume_changes(summary, earlier)),
         planning=plan,
+        findings=findings,
     )
 
 
@@ -101,12 +103,13 @@ def report(
     out: Path,
     sources: tuple[str, ...],
     version: str,
+    findings: tuple[Finding, ...] = (),
 ) -> Page:
-    """Compare with the history, render the four files, then record the snapshot and publish
+    """Compare with the history, render the five files, then record the snapshot and publish
     them in one history transaction: a failed publish records nothing."""
     earlier = history.earlier(summary.hosts, summary.collected_at)
     plan = plan_now(summary, config, history)
-    page = build_page(summary, config, earlier, sources, version, plan)
+    page = build_page(summary, config, earlier, sources, version, plan, findings)
     files = render_files(page)
     with history.transaction():
         history.record(summary, version)

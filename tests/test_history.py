@@ -298,8 +298,9 @@ def _expected_pools(host: str, volumes: dict[str, VolumePoint]) -> dict[str, Poo
             pool.findtext("target/path", ""), False, True, (),
         )  # fmt: skip
     # one unmanaged disk of unknown sizes: its sums are unknown, not 0
-    out["(unmanaged)"] = PoolPoint(host, "(unmanaged)", "unmanaged", "", None, None, None, 1, 0,
-                                   0, 1, None, None, None, None, "", "", None, None, ())  # fmt: skip
+    out["(unmanaged)"] = PoolPoint(host, "(unmanaged)", "unmanaged", "", None, None, None,
+                                   1, 0, 0, 1, None, None, None, None, "", "", None, None,
+                                   ())  # fmt: skip
     return out
 
 

@@ -323,3 +323,17 @@ def test_templates_are_packaged() -> None:
     files = [p for p in (ROOT / "templates").iterdir() if p.name != "__init__.py" and p.is_file()]
     assert files and all(any(p.match(g) for g in globs) for p in files)
     assert html.environment().get_template("report.html.j2") is not None
+
+
+def test_the_report_carries_the_audits_findings(tmp_path: Path) -> None:
+    d = doc(run_report(tmp_path))
+    audit = auditor("-c", HOST, "audit", "--format", "json")
+    assert audit.code == 1, audit.err
+    assert d["findings"] == audit.json()["findings"]
+    assert {f["code"] for f in d["findings"]} >= {"AUD101", "AUD102", "AUD103"}
+    csv = (tmp_path / "out" / "findings.csv").read_text().splitlines()
+    assert (
+        csv[0] == "severity,code,host,pool,volume,message,fix"
+        and len(csv) == len(d["findings"]) + 1
+    )
+    assert "Findings" in (tmp_path / "out" / "report.html").read_text()

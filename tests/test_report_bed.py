@@ -50,7 +50,7 @@ def test_report_on_the_bed(bed: Bed, tmp_path: Path) -> None:
     r, out = report(bed, tmp_path, T1)
     elapsed = time.monotonic() - started
     assert sorted(p.name for p in out.iterdir()) == [
-        "pools.csv", "report.html", "summary.json", "volumes.csv"
+        "findings.csv", "pools.csv", "report.html", "summary.json", "volumes.csv"
     ]  # fmt: skip
     d = summary(out)
     pools = {p["pool"]: p for p in d["pools"]}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from golden import DATA, GOLDEN, ROOT, auditor_on, check, outline, uri_of
 
-FILES = ["pools.csv", "volumes.csv", "summary.json", "report.html"]
+FILES = ["pools.csv", "volumes.csv", "findings.csv", "summary.json", "report.html"]
 
 
 @pytest.fixture(scope="module")

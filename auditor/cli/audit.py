@@ -21,20 +21,8 @@ from auditor.journal import Journal, host_lock
 from auditor.models import Finding, Severity, Summary
 from auditor.ops import Context, View
 from auditor.report import table
+from auditor.report.rows import FINDING_COLUMNS, finding_doc, finding_row
 from auditor.rules import Facts, codes
-
-COLUMNS = ["severity", "code", "host", "pool", "volume", "message", "fix"]
-
-
-def finding_row(f: Finding) -> dict[str, Any]:
-    fix = "" if f.fix is None else f"{f.fix} ({'safe' if f.fix.safe else 'unsafe'})"
-    return {"severity": f.severity.value, "code": f.code, "host": f.host, "pool": f.pool,
-            "volume": f.volume, "message": f.message, "fix": fix}  # fmt: skip
-
-
-def finding_doc(f: Finding) -> dict[str, Any]:
-    fix = None if f.fix is None else {"what": str(f.fix), "safe": f.fix.safe}
-    return finding_row(f) | {"figures": dict(f.figures), "fix": fix}
 
 
 def _facts(app: App, config: Config, journal: Journal) -> tuple[Summary, Facts]:
@@ -48,9 +36,9 @@ def _show(findings: list[Finding], fmt: str) -> None:
     elif fmt == "csv":
         from auditor.report.tables import to_csv
 
-        click.echo(to_csv([finding_row(f) for f in findings], COLUMNS), nl=False)
+        click.echo(to_csv([finding_row(f) for f in findings], FINDING_COLUMNS), nl=False)
     else:
-        click.echo(table.render([finding_row(f) for f in findings], COLUMNS))
+        click.echo(table.render([finding_row(f) for f in findings], FINDING_COLUMNS))
         click.echo(f"{len(findings)} finding(s)")
 
 

@@ -14,7 +14,7 @@ import click
 from auditor.analyze import analyze
 from auditor.cli.common import App, F, format_option, policy_option, refresh_option, warn
 from auditor.collect import collect
-from auditor.config import load
+from auditor.config import Config, load
 from auditor.errors import EXIT_OK
 from auditor.history import (
     SERIES_COLUMNS,
@@ -24,7 +24,7 @@ from auditor.history import (
     parse_time,
     series_row,
 )
-from auditor.models import Summary
+from auditor.models import Finding, Summary
 from auditor.report import table
 
 if TYPE_CHECKING:
@@ -111,8 +111,8 @@ def report(
     at: datetime | None,
     no_refresh: bool,
 ) -> int:
-    """Write report.html, pools.csv, volumes.csv and summary.json (atomically) and record a
-    history snapshot. Exit 1 if some items could not be read."""
+    """Write report.html, pools.csv, volumes.csv, findings.csv and summary.json (atomically)
+    and record a history snapshot. Exit 1 if some items could not be read."""
     from auditor import nightly  # pandas and jinja2: only the report needs them
 
     config = load(policy_path)
@@ -120,7 +120,9 @@ def report(
         summary = _collect(app, at, no_refresh)
         folder = out or Path("reports") / summary.collected_at.astimezone().strftime("%Y-%m-%d")
         sources = tuple(u or "libvirt default URI" for u in app.uris)
-        page = nightly.report(summary, config, history, folder, sources, version("auditor"))
+        found = tuple(_findings(app, summary, config))
+        page = nightly.report(summary, config, history, folder, sources, version("auditor"),
+                              found)  # fmt: skip
     click.echo(f"report: {folder / 'report.html'}")
     problems = page.problems
     if problems:
@@ -129,6 +131,16 @@ def report(
     else:
         click.echo("no pool over a threshold")
     return warn(summary)
+
+
+def _findings(app: App, summary: Summary, config: Config) -> list[Finding]:
+    """The audit's findings on the collected summary (qemu-img check, stat, the journal)."""
+    from auditor.adapters import qemu_img
+    from auditor.audit import Readers, audit, gather
+    from auditor.journal import Journal
+
+    readers = Readers(qemu_img.check_many, app.probes.fs)
+    return audit(gather(summary, config, readers, Journal(app.state)))
 
 
 @click.command()

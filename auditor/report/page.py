@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from auditor.models import DiskReport, PoolSummary, Summary, overcommit_ratio
+from auditor.models import DiskReport, Finding, PoolSummary, Summary, overcommit_ratio
 from auditor.report.chart import PlanningLike
-from auditor.report.rows import pool_row, skip_row, volume_rows
+from auditor.report.rows import finding_doc, pool_row, skip_row, volume_rows
 
 PROBLEM_LEVELS = ("crit", "warn")
 
@@ -139,6 +139,7 @@ class Page:
     previous_at: datetime | None = None
     volume_changes: tuple[VolumeChange, ...] = ()
     planning: PlanningLike | None = None  # growth and days to full over the history
+    findings: tuple[Finding, ...] = ()  # the audit's, worst first
 
     @property
     def disks(self) -> tuple[DiskReport, ...]:
@@ -228,4 +229,5 @@ class Page:
             "skipped": [skip_row(k) for k in s.skips],
             "notices": list(s.notices),
             "planning": self.planning.as_dict() if self.planning else None,
+            "findings": [finding_doc(f) for f in self.findings],
         }

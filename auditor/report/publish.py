@@ -59,10 +59,17 @@ from typing import Any
 from auditor.errors import PublishError
 from auditor.report import html
 from auditor.report.page import Page
-from auditor.report.rows import POOL_COLUMNS, VOLUME_COLUMNS, pool_rows, volume_rows
+from auditor.report.rows import (
+    FINDING_COLUMNS,
+    POOL_COLUMNS,
+    VOLUME_COLUMNS,
+    finding_row,
+    pool_rows,
+    volume_rows,
+)
 from auditor.report.tables import to_csv
 
-FILES = ("report.html", "pools.csv", "volumes.csv", "summary.json")
+FILES = ("report.html", "pools.csv", "volumes.csv", "findings.csv", "summary.json")
 PHASES = ("recovered", "checked", *(f"wrote {f}" for f in FILES), "staged", "swapped", "discarded")
 """The names passed to ``step``, in order; the fallback adds ``moved-aside`` inside ``swapped``."""
 
@@ -95,12 +102,14 @@ class Published:
 
 
 def render_files(page: Page) -> dict[str, bytes]:
-    """``report.html``, ``pools.csv``, ``volumes.csv`` and ``summary.json`` of a page."""
+    """``report.html``, ``pools.csv``, ``volumes.csv``, ``findings.csv`` and ``summary.json``
+    of a page."""
     s = page.summary
     return {
         "report.html": html.render(page).encode(),
         "pools.csv": to_csv(pool_rows(s), POOL_COLUMNS).encode(),
         "volumes.csv": to_csv(volume_rows(s), VOLUME_COLUMNS).encode(),
+        "findings.csv": to_csv([finding_row(f) for f in page.findings], FINDING_COLUMNS).encode(),
         "summary.json": (json.dumps(page.document(), indent=2) + "\n").encode(),
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.models import DiskReport, PoolSummary, Skip, Summary
+from auditor.models import DiskReport, Finding, PoolSummary, Skip, Summary
 
 VOLUME_COLUMNS = [
     "host", "pool", "volume", "path", "format", "provisioning", "virtual_size", "disk_size",
@@ -66,3 +66,19 @@ def volume_rows(summary: Summary, pool: str | None = None) -> list[dict[str, Any
 
 def pool_rows(summary: Summary) -> list[dict[str, Any]]:
     return [pool_row(p) for p in summary.pools]
+
+
+FINDING_COLUMNS = ["severity", "code", "host", "pool", "volume", "message", "fix"]
+
+
+def finding_row(f: Finding) -> dict[str, Any]:
+    """A finding as a CSV/table row; ``fix`` in words with its safety."""
+    fix = "" if f.fix is None else f"{f.fix} ({'safe' if f.fix.safe else 'unsafe'})"
+    return {"severity": f.severity.value, "code": f.code, "host": f.host, "pool": f.pool,
+            "volume": f.volume, "message": f.message, "fix": fix}  # fmt: skip
+
+
+def finding_doc(f: Finding) -> dict[str, Any]:
+    """A finding for JSON: the row, its figures, and the fix as an object (or null)."""
+    fix = None if f.fix is None else {"what": str(f.fix), "safe": f.fix.safe}
+    return finding_row(f) | {"figures": dict(f.figures), "fix": fix}
