@@ -231,17 +231,7 @@ class LibvirtHost:
 
     def read_volumes(self, pools: list[Pool]) -> tuple[list[Disk], list[Skip]]:
         """Every volume of the active ``pools``: one XML read per volume, several in flight."""
-        skips: list[Skip] = []
-        handles: list[tuple[Pool, libvirt.virStorageVol]] = []
-        for pool in pools:
-            if not pool.active:
-                continue
-            try:
-                vols = self._conn.storagePoolLookupByName(pool.name).listAllVolumes(0)
-            except libvirt.libvirtError as exc:
-                skips.append(self._skip("pool", pool.name, exc))
-                continue
-            handles.extend((pool, v) for v in vols)
+        handles, skips = self._volume_handles(pools)
 
         def one(item: tuple[Pool, libvirt.virStorageVol]) -> Disk | Skip | None:
             pool, vol = item
@@ -608,7 +598,7 @@ class LibvirtHost:
         """``read_volumes``, reusing ``known`` descriptions (path -> entry, as returned by an
         earlier call) where they still hold. ``refreshed_at``: ``time.time_ns()`` before this
         run refreshed ``pools``. Returns the disks, skips and the descriptions to keep."""
-        handles, skips = self._reusable_handles(pools)
+        handles, skips = self._volume_handles(pools)
         seen: dict[tuple[str, str], Any] = {}  # this run's stat and key of each file
 
         def ask(item: tuple[Pool, libvirt.virStorageVol]) -> tuple[Disk | Skip | None, Any]:
@@ -641,7 +631,7 @@ class LibvirtHost:
         """Whether a volume can be a file on this machine whose description may be kept."""
         return self.local and pool.type in ("dir", "fs") and path.startswith("/")
 
-    def _reusable_handles(
+    def _volume_handles(
         self, pools: list[Pool]
     ) -> tuple[list[tuple[Pool, libvirt.virStorageVol]], list[Skip]]:
         """(pool, volume handle) of every volume of the active ``pools``: one RPC per pool."""

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from auditor.errors import HistoryError
-from auditor.interfaces import HistoryStore, PoolPoint, SeriesPoint
+from auditor.interfaces import HistoryStore, PoolPoint, SeriesPoint, VolumePoint
+from auditor.models import Summary
 
 SCHEMA_VERSION = 1  # of the tables every store holds; a store refuses a newer one
 
@@ -48,6 +49,16 @@ def masked(where: str | Path) -> str:
     """A history location (or any text holding URLs) as it may be printed: every URL's
     password, in its user part or a ``password=`` parameter, replaced by ``***``."""
     return _PASSWORD.sub(r"\1***", _USERINFO.sub(r"\1:***@", str(where)))
+
+
+def recorded(summary: Summary) -> tuple[list[PoolPoint], list[VolumePoint]]:
+    """The points a snapshot of ``summary`` records, volumes in the order of the volumes CSV
+    (host, managed first, pool, name): what every store writes."""
+    volumes = sorted(
+        (VolumePoint.of(r) for r in summary.disks),
+        key=lambda v: (v.host, v.pool == "", v.pool, v.volume),
+    )
+    return [PoolPoint.of(p) for p in summary.pools], volumes
 
 
 def stamp(at: datetime) -> str:

@@ -31,7 +31,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.types.json import Jsonb
 
 from auditor.errors import HistoryError
-from auditor.history import SCHEMA_VERSION, masked, stamp
+from auditor.history import SCHEMA_VERSION, masked, recorded, stamp
 from auditor.history.sqlite import P, Point, _point, columns, to_row
 from auditor.interfaces import Earlier, PoolPoint, SeriesPoint, SnapshotInfo, VolumePoint
 from auditor.models import Summary
@@ -282,11 +282,8 @@ class PostgresHistory:
             ).fetchone()  # fmt: skip
             assert row is not None
             sid = int(row[0])
-            self._copy("pools", sid, [PoolPoint.of(p) for p in summary.pools])
-            volumes = sorted(  # the order of the volumes CSV: host, managed first, pool, name
-                (VolumePoint.of(r) for r in summary.disks),
-                key=lambda v: (v.host, v.pool == "", v.pool, v.volume),
-            )
+            pools, volumes = recorded(summary)
+            self._copy("pools", sid, pools)
             self._copy("volumes", sid, volumes)
         return sid
 

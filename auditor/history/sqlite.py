@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from auditor.errors import HistoryError
-from auditor.history import SCHEMA_VERSION, stamp
+from auditor.history import SCHEMA_VERSION, recorded, stamp
 from auditor.interfaces import Earlier, PoolPoint, SeriesPoint, SnapshotInfo, VolumePoint
 from auditor.models import Summary
 
@@ -254,11 +254,8 @@ class SqliteHistory:
             )  # fmt: skip
             sid = cur.lastrowid
             assert sid is not None
-            self._insert("pools", sid, [PoolPoint.of(p) for p in summary.pools])
-            volumes = sorted(  # the order of the volumes CSV: host, managed first, pool, name
-                (VolumePoint.of(r) for r in summary.disks),
-                key=lambda v: (v.host, v.pool == "", v.pool, v.volume),
-            )
+            pools, volumes = recorded(summary)
+            self._insert("pools", sid, pools)
             self._insert("volumes", sid, volumes)
         return sid
 
