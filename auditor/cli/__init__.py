@@ -41,8 +41,8 @@ LAZY: dict[str, tuple[str, str]] = {
               "filesystem, and per filesystem holding unmanaged disks."),
     "scan": ("auditor.cli.inventory",
              "Image files and folders (recursively) through qemu-img only; no libvirt needed."),
-    "report": ("auditor.cli.reporting", "Write report.html, pools.csv, volumes.csv and "
-               "summary.json (atomically) and record a history snapshot."),
+    "report": ("auditor.cli.reporting", "Write report.html, pools.csv, volumes.csv, "
+               "findings.csv and summary.json (atomically) and record a history snapshot."),
     "snapshot": ("auditor.cli.reporting",
                  "Collect and record one history snapshot, without rendering a report."),
     "history": ("auditor.cli.reporting",
