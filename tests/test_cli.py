@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -112,3 +113,24 @@ def test_another_user_runs_a_copy_outside_the_clone(tmp_path: Path) -> None:
         capture_output=True, text=True, check=True, cwd=site,
     ).stdout.split()  # fmt: skip
     assert all(Path(p).is_relative_to(site) for p in paths), paths
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("pools",), ("volumes", "--format", "csv"), ("audit", "--format", "json"), ("status",)],
+)
+def test_output_is_the_same_on_a_host_whose_name_does_not_resolve(args: tuple[str, ...]) -> None:
+    """libvirt's test driver looks its host name up (getaddrinfo) and logs a warning on stderr
+    when that fails: none of it may reach the user, and the output must not change."""
+    from golden import auditor_on
+
+    demo = f"test://{ROOT / 'examples' / 'demo-host.xml'}"
+    resolvable = socket.gethostname()
+    socket.getaddrinfo(resolvable, None)  # this machine's own name resolves (/etc/hosts)
+    here = auditor_on(resolvable, "-c", demo, *args)
+    lost = auditor_on("no-such-host.invalid", "-c", demo, *args)
+    assert lost.code == here.code and lost.code in (0, 1), lost.err
+    assert lost.out.replace("no-such-host.invalid", resolvable) == here.out
+    assert lost.err.replace("no-such-host.invalid", resolvable) == here.err
+    for libvirt_log in ("libvirt version", "hostname:", "virGetHostname", "warning :"):
+        assert libvirt_log not in lost.err, lost.err
