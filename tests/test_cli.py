@@ -130,7 +130,12 @@ def test_output_is_the_same_on_a_host_whose_name_does_not_resolve(args: tuple[st
     here = auditor_on(resolvable, "-c", demo, *args)
     lost = auditor_on("no-such-host.invalid", "-c", demo, *args)
     assert lost.code == here.code and lost.code in (0, 1), lost.err
-    assert lost.out.replace("no-such-host.invalid", resolvable) == here.out
-    assert lost.err.replace("no-such-host.invalid", resolvable) == here.err
+
+    def same(text: str) -> str:  # the host name and the time of the collection aside
+        text = text.replace("no-such-host.invalid", resolvable)
+        return re.sub(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(:\d\d)?\S*", "WHEN", text)
+
+    assert same(lost.out) == same(here.out)
+    assert same(lost.err) == same(here.err)
     for libvirt_log in ("libvirt version", "hostname:", "virGetHostname", "warning :"):
         assert libvirt_log not in lost.err, lost.err
