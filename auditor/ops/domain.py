@@ -94,21 +94,37 @@ def plan_attach(
     target, bus, used = _target(ctx, domain, target)
     fmt = r.disk.format or "raw"
     request = Attach(DiskSpec(domain, pool, name, fmt, target, bus, live, config))
-    notes = []
-    if dom.active and (live or not config):
-        notes.append("a live attach needs a hotplug-capable bus (a pc machine's pci.0 is not)")
+    summary = (
+        f"attach volume {volume} ({fmt}, {iec(r.disk.virtual_size)}) to domain {domain} "
+        f"as {target} ({bus}), in {_where(dom, live, config)}"
+    )
+    live_note = "a live attach needs a hotplug-capable bus (a pc machine's pci.0 is not)"
+    return _disk_plan(ctx, dom, request, summary, (used, used | {target}), live_note)
+
+
+def _disk_plan(
+    ctx: Context,
+    dom: Domain,
+    request: Attach | Detach,
+    summary: str,
+    targets: tuple[frozenset[str], frozenset[str]],
+    live_note: str,
+) -> Plan:
+    """The plan of an attach or detach: the domain's disk targets before and after, and the
+    note for a change of the running guest."""
+    disk = request.disk
+    touches_guest = dom.active and (disk.live or not disk.config)
     return Plan(
-        action=Action.VOL_ATTACH,
-        subject=domain,
-        summary=f"attach volume {volume} ({fmt}, {iec(r.disk.virtual_size)}) to domain {domain} "
-        f"as {target} ({bus}), in {_where(dom, live, config)}",
+        action=Action.VOL_ATTACH if isinstance(request, Attach) else Action.VOL_DETACH,
+        subject=dom.name,
+        summary=summary,
         request=request,
         calls=ctx.calls(request),
-        changes=(Change(Figure.TARGETS, _targets(used), _targets(used | {target})),),
-        notes=tuple(notes),
-        pool=pool,
-        volume=name,
-        domain=domain,
+        changes=(Change(Figure.TARGETS, _targets(targets[0]), _targets(targets[1])),),
+        notes=(live_note,) if touches_guest else (),
+        pool=disk.pool,
+        volume=disk.volume,
+        domain=dom.name,
     )
 
 
@@ -135,19 +151,9 @@ def plan_detach(
     used = ctx.host.domain_targets(domain)
     fmt = dd.format or r.disk.format or "raw"
     request = Detach(DiskSpec(domain, pool, name, fmt, dd.target, "", live, config))
-    notes = []
-    if dom.active and (live or not config):
-        notes.append("the guest must release the disk (unmount it first); libvirt only asks it to")
-    return Plan(
-        action=Action.VOL_DETACH,
-        subject=domain,
-        summary=f"detach disk {dd.target} (volume {volume}) from domain {domain}, in "
-        f"{_where(dom, live, config)}; the volume and its data stay",
-        request=request,
-        calls=ctx.calls(request),
-        changes=(Change(Figure.TARGETS, _targets(used), _targets(used - {dd.target})),),
-        notes=tuple(notes),
-        pool=pool,
-        volume=name,
-        domain=domain,
+    summary = (
+        f"detach disk {dd.target} (volume {volume}) from domain {domain}, in "
+        f"{_where(dom, live, config)}; the volume and its data stay"
     )
+    live_note = "the guest must release the disk (unmount it first); libvirt only asks it to"
+    return _disk_plan(ctx, dom, request, summary, (used, used - {dd.target}), live_note)
