@@ -194,6 +194,24 @@ class Skip:
     vanished: bool = False  # it no longer exists (deleted between list and inspect)
 
 
+Labels = tuple[tuple[str, str], ...]  # a host's labels (from the hosts file), in file order
+
+
+@dataclass(frozen=True)
+class Target:
+    """A host to collect: its libvirt URI (None: libvirt's default), the name that is its
+    host column everywhere (None: the name libvirt reports), and its labels."""
+
+    uri: str | None
+    name: str | None = None
+    labels: Labels = ()
+
+    @property
+    def label(self) -> str:
+        """How messages name the host before it is reached."""
+        return self.name or self.uri or "default"
+
+
 @dataclass(frozen=True)
 class HostInventory:
     """Everything collected from one libvirt connection."""
@@ -207,6 +225,7 @@ class HostInventory:
     skips: tuple[Skip, ...] = ()
     notices: tuple[str, ...] = ()
     local: bool = False  # its paths are this machine's (stat and qemu-img apply)
+    labels: Labels = ()
 
 
 @dataclass(frozen=True)
@@ -279,6 +298,17 @@ class Summary:
     @property
     def domains(self) -> tuple[Domain, ...]:
         return tuple(d for h in self.inventory.hosts for d in h.domains)
+
+    @property
+    def host_labels(self) -> dict[str, dict[str, str]]:
+        """Each collected host's labels (hosts without labels map to {})."""
+        return {h.host: dict(h.labels) for h in self.inventory.hosts}
+
+    @property
+    def label_keys(self) -> tuple[str, ...]:
+        """Every label key of the hosts, in first-seen order."""
+        keys = dict.fromkeys(k for h in self.inventory.hosts for k, _ in h.labels)
+        return tuple(keys)
 
 
 def overcommit_ratio(provisioned: int, capacity: int | None) -> float | None:
