@@ -308,9 +308,10 @@ def emit(
     ``columns``), with the table-only values of ``extra`` (one dict per row), shortened to
     the terminal's width unless ``--wide``. A view's sort orders the rows in every format."""
     from auditor.report import table
-    from auditor.report.rows import SKIP_COLUMNS, skip_row
+    from auditor.report.rows import SKIP_COLUMNS, skip_row, with_label_columns
 
     view = view or View()
+    columns = with_label_columns(columns, summary) if "host" in columns else columns
     full = [r | x for r, x in zip(rows, extra, strict=True)] if extra else rows
     if view.sort:
         order = table.sort_rows(full, view.sort, view.reverse)

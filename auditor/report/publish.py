@@ -66,6 +66,7 @@ from auditor.report.rows import (
     finding_row,
     pool_rows,
     volume_rows,
+    with_label_columns,
 )
 from auditor.report.tables import to_csv
 
@@ -107,8 +108,8 @@ def render_files(page: Page) -> dict[str, bytes]:
     s = page.summary
     return {
         "report.html": html.render(page).encode(),
-        "pools.csv": to_csv(pool_rows(s), POOL_COLUMNS).encode(),
-        "volumes.csv": to_csv(volume_rows(s), VOLUME_COLUMNS).encode(),
+        "pools.csv": to_csv(pool_rows(s), with_label_columns(POOL_COLUMNS, s)).encode(),
+        "volumes.csv": to_csv(volume_rows(s), with_label_columns(VOLUME_COLUMNS, s)).encode(),
         "findings.csv": to_csv([finding_row(f) for f in page.findings], FINDING_COLUMNS).encode(),
         "summary.json": (json.dumps(page.document(), indent=2) + "\n").encode(),
     }

@@ -59,13 +59,45 @@ def skip_row(s: Skip) -> dict[str, Any]:
     return {"host": s.host, "kind": s.kind, "name": s.name, "reason": s.reason}
 
 
+LABEL_PREFIX = "label_"  # a host label's column: label_site for the label site
+
+
+def label_columns(summary: Summary) -> list[str]:
+    """The columns of the hosts' labels (none when no host has labels)."""
+    return [LABEL_PREFIX + k for k in summary.label_keys]
+
+
+def with_labels(rows: list[dict[str, Any]], summary: Summary) -> list[dict[str, Any]]:
+    """``rows`` with a ``label_KEY`` column per label key of the hosts, after ``host`` (''
+    where a row's host has no such label); the rows themselves when no host has labels."""
+    keys = summary.label_keys
+    if not keys:
+        return rows
+    labels = summary.host_labels
+    out = []
+    for row in rows:
+        own = labels.get(row["host"], {})
+        extra = {LABEL_PREFIX + k: own.get(k, "") for k in keys}
+        items = list(row.items())
+        at = [k for k, _ in items].index("host") + 1
+        out.append(dict(items[:at]) | extra | dict(items[at:]))
+    return out
+
+
+def with_label_columns(columns: list[str], summary: Summary) -> list[str]:
+    """``columns`` with the label columns after ``host``, as ``with_labels`` orders rows."""
+    at = columns.index("host") + 1
+    return [*columns[:at], *label_columns(summary), *columns[at:]]
+
+
 def volume_rows(summary: Summary, pool: str | None = None) -> list[dict[str, Any]]:
     rows = [volume_row(r) for r in summary.disks if pool is None or r.disk.pool == pool]
-    return sorted(rows, key=lambda r: (r["host"], r["pool"] == "", r["pool"], r["volume"]))
+    rows.sort(key=lambda r: (r["host"], r["pool"] == "", r["pool"], r["volume"]))
+    return with_labels(rows, summary)
 
 
 def pool_rows(summary: Summary) -> list[dict[str, Any]]:
-    return [pool_row(p) for p in summary.pools]
+    return with_labels([pool_row(p) for p in summary.pools], summary)
 
 
 FINDING_COLUMNS = ["severity", "code", "host", "pool", "volume", "message", "fix"]
