@@ -1,10 +1,13 @@
-"""Build the Inventory from the adapters: hosts in parallel, skips recorded, never dropped."""
+"""Build the Inventory from the adapters: hosts in parallel, each within its timeout; skips
+recorded, never dropped."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -19,6 +22,7 @@ from auditor.models import (
     Inventory,
     Pool,
     Skip,
+    Target,
 )
 
 FS_POOL_TYPES = frozenset({"dir", "fs", "netfs"})
@@ -32,37 +36,147 @@ class Probes:
     fs: LocalFs
 
 
+@dataclass(frozen=True)
+class Budget:
+    """How many hosts are collected at once, and how long each may take (connect included)."""
+
+    jobs: int = 32
+    timeout: float = 300.0  # seconds from the start of a host's connect to its last figure
+    connect_timeout: float = 20.0  # seconds for its connection to open
+
+
+@dataclass(frozen=True)
+class FleetProgress:
+    """Where a collection of many hosts stands: hosts done, running (name, phase, seconds so
+    far; slowest first) and waiting for a free job."""
+
+    total: int
+    done: int
+    running: tuple[tuple[str, str, float], ...]
+    waiting: int
+
+
+class _Job:
+    """One host's collection, run in its own (daemon) thread: a host that stalls is given up
+    at its deadline and its thread left behind, never waited for."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.phase = "connecting"
+        self.started = 0.0
+
+    def deadline(self, budget: Budget) -> float:
+        limit = budget.timeout
+        if self.phase == "connecting":
+            limit = min(limit, budget.connect_timeout)
+        return self.started + limit
+
+    def expired(self, budget: Budget) -> Skip:
+        t = self.target
+        if self.phase == "connecting":
+            limit = min(budget.timeout, budget.connect_timeout)
+            why = f"no answer within {limit:g} s while connecting (--connect-timeout)"
+        else:
+            why = f"collection not done within {budget.timeout:g} s (--timeout)"
+        return Skip(t.label, "host", t.uri or "default", f"{why}: its figures are left out")
+
+
+Result = HostInventory | Skip | BaseException
+
+
 def collect(
-    uris: list[str | None],
-    connect: Callable[[str | None], HostSource],
+    targets: Sequence[Target],
+    connect: Callable[[Target], HostSource],
     probes: Probes,
     *,
     refresh: bool = True,
+    budget: Budget = Budget(),
+    progress: Callable[[FleetProgress], None] | None = None,
 ) -> Inventory:
-    """Collect every host; an unreachable one is a skip unless every host is unreachable."""
+    """Collect every host, ``budget.jobs`` at a time; a host that cannot be reached or does
+    not answer in time is a skip, unless it is the only host (then its error is raised)."""
 
-    def one(uri: str | None) -> HostInventory | Skip:
+    def one(job: _Job) -> Result:
         try:
-            source = connect(uri)
-        except ConnectError as exc:
-            if len(uris) == 1:
-                raise
-            return Skip(uri or "default", "host", uri or "default", str(exc))
+            source = connect(job.target)
+        except AuditorError as exc:
+            return _skip_or_raise(job.target, exc, len(targets))
+        job.phase = "collecting"
         try:
-            return collect_host(source, probes, refresh=refresh)
+            found = collect_host(source, probes, refresh=refresh)
+        except AuditorError as exc:
+            return _skip_or_raise(job.target, exc, len(targets))
         finally:
             source.close()
+        return replace(found, labels=job.target.labels)
 
-    with ThreadPoolExecutor(max_workers=max(1, min(8, len(uris)))) as ex:
-        results = list(ex.map(one, uris))
+    results = _run([_Job(t) for t in targets], one, budget, progress)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
     hosts = tuple(r for r in results if isinstance(r, HostInventory))
     skips = tuple(r for r in results if isinstance(r, Skip))
     if not hosts:
+        if len(skips) == 1:
+            raise ConnectError(f"{skips[0].name}: {skips[0].reason}")
         raise ConnectError(
             "no libvirt host could be reached: " + "; ".join(s.reason for s in skips),
             "check the URIs and that libvirtd runs there",
         )
     return Inventory(hosts=hosts, skips=skips)
+
+
+def _skip_or_raise(target: Target, exc: AuditorError, hosts: int) -> Skip | AuditorError:
+    """A host's failure: a skip among several hosts, the error itself for a single host."""
+    return exc if hosts == 1 else Skip(target.label, "host", target.uri or "default", str(exc))
+
+
+def _run(
+    jobs: list[_Job],
+    work: Callable[[_Job], Result],
+    budget: Budget,
+    progress: Callable[[FleetProgress], None] | None,
+) -> list[Result]:
+    """Each job's result, in order: at most ``budget.jobs`` at once, each given up (a Skip)
+    at its deadline. The main thread only waits, so signals reach it at once."""
+    done: queue.SimpleQueue[tuple[_Job, Result]] = queue.SimpleQueue()
+    waiting, running = list(reversed(jobs)), set[_Job]()
+    results: dict[_Job, Result] = {}
+
+    def run(job: _Job) -> None:
+        try:
+            done.put((job, work(job)))
+        except BaseException as exc:  # handed to the main thread, which raises it
+            done.put((job, exc))
+
+    while waiting or running:
+        while waiting and len(running) < max(1, budget.jobs):
+            job = waiting.pop()
+            job.started = time.monotonic()
+            running.add(job)
+            threading.Thread(target=run, args=(job,), daemon=True, name=job.target.label).start()
+        wake = min(j.deadline(budget) for j in running) - time.monotonic()
+        try:
+            job, result = done.get(timeout=max(0.0, min(wake, 0.2 if progress else wake)))
+        except queue.Empty:
+            pass
+        else:
+            if job in running:
+                running.discard(job)
+                results[job] = result
+        now = time.monotonic()
+        for job in [j for j in running if j.deadline(budget) <= now]:
+            running.discard(job)
+            results[job] = job.expired(budget)
+        if progress is not None:
+            progress(_state(len(jobs), len(results), running, len(waiting), now))
+    return [results[j] for j in jobs]
+
+
+def _state(total: int, done: int, running: set[_Job], waiting: int, now: float) -> FleetProgress:
+    slowest = sorted(running, key=lambda j: j.started)
+    shown = tuple((j.target.label, j.phase, now - j.started) for j in slowest)
+    return FleetProgress(total=total, done=done, running=shown, waiting=waiting)
 
 
 def collect_host(source: HostSource, probes: Probes, *, refresh: bool) -> HostInventory:

@@ -30,7 +30,7 @@ from auditor.collect import Probes, collect
 from auditor.config import Config, parse
 from auditor.errors import ConfigError
 from auditor.history import open_history
-from auditor.models import Finding, Severity
+from auditor.models import Finding, Severity, Target
 from auditor.report import metrics as prom
 from auditor.report.metrics import HostStatus, Reading
 
@@ -256,7 +256,7 @@ def test_days_to_full_from_the_history(tmp_path: Path) -> None:
     from auditor import planning
 
     probes = Probes(images=qemu_img.info_many, fs=localfs)
-    now = analyze(collect([URI], LibvirtHost.connect, probes))
+    now = analyze(collect([Target(URI)], lambda t: LibvirtHost.connect(t.uri), probes))
     where = tmp_path / "h.sqlite"
     with open_history(where) as h:
         for days_ago in (2, 1, 0):

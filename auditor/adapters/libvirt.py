@@ -110,12 +110,14 @@ def _text(node: ET.Element | None) -> str | None:
 class LibvirtHost:
     """One libvirt connection: inventory reads and managed operations."""
 
-    def __init__(self, conn: libvirt.virConnect, read_only: bool, why: str = "") -> None:
+    def __init__(
+        self, conn: libvirt.virConnect, read_only: bool, why: str = "", name: str | None = None
+    ) -> None:
         self._conn = conn
         self.read_only = read_only
         self.read_only_reason = why
         self.uri: str = conn.getURI()
-        self.host: str = conn.getHostname()
+        self.host: str = name or conn.getHostname()
         # The test driver's objects live in its XML, not on this machine.
         self.local = conn.getType() != "TEST" and urlsplit(self.uri).hostname in (
             None,
@@ -125,26 +127,32 @@ class LibvirtHost:
 
     @classmethod
     def connect(
-        cls, uri: str | None, *, write: bool = False, read_only: bool = False
+        cls,
+        uri: str | None,
+        *,
+        write: bool = False,
+        read_only: bool = False,
+        host: str | None = None,
     ) -> LibvirtHost:
         """Open ``uri`` read-write. Unless ``write`` is required, fall back to a read-only
         connection when read-write fails (no access to the read-write socket, polkit);
-        ``read_only`` asks for a read-only connection straight away."""
+        ``read_only`` asks for a read-only connection straight away. ``host`` names the
+        host (else libvirt's name for it)."""
         name = uri or "the default libvirt URI"
         if read_only:
             try:
-                return cls(libvirt.openReadOnly(uri), read_only=True, why="--read-only")
+                return cls(libvirt.openReadOnly(uri), True, "--read-only", host)
             except libvirt.libvirtError as exc:
                 raise ConnectError(f"cannot connect to {name}: {_msg(exc)}") from exc
         try:
-            return cls(libvirt.open(uri), read_only=False)
+            return cls(libvirt.open(uri), read_only=False, name=host)
         except libvirt.libvirtError as exc:
             rw_error = exc
         hint = "check the URI, that libvirtd runs there, and your access rights"
         if write:
             raise ConnectError(f"cannot connect to {name} read-write: {_msg(rw_error)}", hint)
         try:
-            return cls(libvirt.openReadOnly(uri), read_only=True, why=_msg(rw_error))
+            return cls(libvirt.openReadOnly(uri), True, _msg(rw_error), host)
         except libvirt.libvirtError:
             raise ConnectError(f"cannot connect to {name}: {_msg(rw_error)}", hint) from rw_error
 

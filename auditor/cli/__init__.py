@@ -28,6 +28,7 @@ from auditor.adapters import signals
 from auditor.cli.common import POOL, POOL_VOLUME, VOLUME, App
 from auditor.errors import EXIT_ERROR, AuditorError, Interrupted
 from auditor.journal import DEFAULT_STATE
+from auditor.models import Target
 
 # Every command: name -> (its module, the first sentence of its help, as `auditor --help`
 # lists it without importing the module; tests/test_cli_tables.py checks the sentences).
@@ -145,6 +146,25 @@ def _complete_names(command: click.Command, path: tuple[str, ...]) -> None:
     help="libvirt URI; repeat for several hosts. Default: libvirt's default URI.",
 )  # fmt: skip
 @click.option(
+    "--hosts", "hosts_file", metavar="FILE", envvar="AUDITOR_HOSTS", show_envvar=True,
+    help="TOML file of [[host]] tables (name, uri, labels): the hosts to read. --connect "
+    "given on the command line overrides AUDITOR_HOSTS.",
+)  # fmt: skip
+@click.option(
+    "--jobs", "-j", type=click.IntRange(min=1, max=1024), default=32, show_default=True,
+    help="Hosts collected at once.",
+)  # fmt: skip
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), default=300.0, show_default=True,
+    metavar="SECONDS",
+    help="Per host, from its connect to its last figure; a host not done by then is skipped.",
+)  # fmt: skip
+@click.option(
+    "--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=20.0,
+    show_default=True, metavar="SECONDS",
+    help="Per host, for its connection to open; one that does not is skipped.",
+)  # fmt: skip
+@click.option(
     "--read-only", is_flag=True,
     help="Connect read-only: change nothing, not even a pool refresh (figures may be stale).",
 )  # fmt: skip
@@ -158,8 +178,9 @@ def _complete_names(command: click.Command, path: tuple[str, ...]) -> None:
 @click.version_option(package_name="auditor")
 @click.pass_context
 def cli(
-    ctx: click.Context, uris: tuple[str, ...], read_only: bool, state: str, debug: bool
-) -> int | None:
+    ctx: click.Context, uris: tuple[str, ...], hosts_file: str | None, jobs: int, timeout: float,
+    connect_timeout: float, read_only: bool, state: str, debug: bool,
+) -> int | None:  # fmt: skip
     """Audit libvirt/KVM virtual disks: thin vs preallocated, per-pool overcommit.
 
     On a terminal, `auditor` alone shows `auditor status`.
@@ -168,8 +189,13 @@ def cli(
     (listed on stderr and in the output); 2 usage, configuration, connection error or a
     refused operation; 128 + N interrupted by signal N (SIGINT 130, SIGHUP 129, SIGTERM 143).
     """
-    ctx.obj = App(uris=list(uris) or [None], debug=debug, read_only=read_only, state=state)
-    if ctx.invoked_subcommand is not None or ctx.resilient_parsing:
+    from auditor.collect import Budget
+
+    if ctx.resilient_parsing:
+        return None
+    budget = Budget(jobs=jobs, timeout=timeout, connect_timeout=connect_timeout)
+    ctx.obj = App(_targets(ctx, uris, hosts_file), debug, read_only, state, budget=budget)
+    if ctx.invoked_subcommand is not None:
         return None
     if not sys.stdout.isatty():
         click.echo(ctx.get_help(), err=True)
@@ -179,6 +205,21 @@ def cli(
     with status.make_context("status", [], parent=ctx) as sub:
         code: int = status.invoke(sub)
     return code
+
+
+def _targets(ctx: click.Context, uris: tuple[str, ...], hosts_file: str | None) -> list[Target]:
+    """The hosts to read: --connect's URIs, else the hosts file's, else libvirt's default."""
+    from click.core import ParameterSource
+
+    if uris and hosts_file:
+        if ctx.get_parameter_source("hosts_file") is ParameterSource.ENVIRONMENT:
+            return [Target(u) for u in uris]
+        raise click.UsageError("give --hosts or --connect, not both")
+    if hosts_file:
+        from auditor.hosts import load_hosts
+
+        return list(load_hosts(hosts_file))
+    return [Target(u) for u in uris] or [Target(None)]
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -14,7 +14,6 @@ from auditor.adapters.libvirt import LibvirtHost
 from auditor.analyze import analyze
 from auditor.audit import Readers, audit, gather
 from auditor.cli.common import FORMATS, App, policy_option, warn
-from auditor.collect import collect
 from auditor.config import Config, load
 from auditor.errors import EXIT_OK, EXIT_PARTIAL
 from auditor.journal import Journal, host_lock
@@ -26,7 +25,7 @@ from auditor.rules import Facts, codes
 
 
 def _facts(app: App, config: Config, journal: Journal) -> tuple[Summary, Facts]:
-    summary = analyze(collect(app.uris, app.connect, app.probes, refresh=False))
+    summary = analyze(app.collect(refresh=False))
     return summary, gather(summary, config, Readers(qemu_img.check_many, app.probes.fs), journal)
 
 

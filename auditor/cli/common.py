@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
 
     from auditor.adapters.libvirt import LibvirtHost
-    from auditor.collect import Probes
+    from auditor.collect import Budget, FleetProgress, Probes
     from auditor.interfaces import HostSource
-    from auditor.models import Disk, Domain, Pool, Skip, Summary
+    from auditor.models import Disk, Domain, Inventory, Pool, Skip, Summary, Target
 
 F = TypeVar("F", bound=Callable[..., Any])
 FORMATS = ("table", "csv", "json")
@@ -44,19 +44,40 @@ FORMATS = ("table", "csv", "json")
 class App:
     """The composition root: the only place adapters are built."""
 
-    uris: list[str | None]
+    targets: list[Target]
     debug: bool = False
     read_only: bool = False
     state: str = DEFAULT_STATE  # the journal, the per-host locks and the volume cache
     reuse: bool = True  # reuse libvirt's figures of unchanged files (see Reusing)
+    budget: Budget | None = None  # jobs and timeouts of a collection (None: the defaults)
 
-    def connect(self, uri: str | None) -> HostSource:
+    @property
+    def uris(self) -> list[str | None]:
+        return [t.uri for t in self.targets]
+
+    def connect(self, target: Target) -> HostSource:
         """A connection for reading: read-write if allowed (to refresh pools), else read-only.
         On this machine, volume reads reuse libvirt's figures of files unchanged since."""
         from auditor.adapters.libvirt import LibvirtHost
 
-        host = LibvirtHost.connect(uri, read_only=self.read_only)
+        host = LibvirtHost.connect(target.uri, read_only=self.read_only, host=target.name)
         return Reusing(host, self.state) if self.reuse and host.local else host
+
+    def collect(self, *, refresh: bool = True, targets: list[Target] | None = None) -> Inventory:
+        """Every host's inventory (or that of ``targets``), within the jobs and timeouts
+        asked for; a progress line on a terminal when there are several hosts."""
+        from auditor.collect import Budget, collect
+
+        targets = self.targets if targets is None else targets
+        shown = progress_line() if len(targets) > 1 and sys.stderr.isatty() else None
+        try:
+            return collect(
+                targets, self.connect, self.probes, refresh=refresh,
+                budget=self.budget or Budget(), progress=shown,
+            )  # fmt: skip
+        finally:
+            if shown is not None:
+                click.echo("\r\033[K", nl=False, err=True)
 
     @property
     def probes(self) -> Probes:
@@ -140,6 +161,24 @@ class Reusing:
             if tmp is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+
+def progress_line() -> Callable[[FleetProgress], None]:
+    """Draw a collection's progress on stderr, one line redrawn in place: the share of hosts
+    done, how many run and wait, and the slowest running host."""
+
+    def draw(p: FleetProgress) -> None:
+        width = 20
+        filled = width * p.done // max(1, p.total)
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {p.done}/{p.total} hosts"
+        line += f" · {len(p.running)} running · {p.waiting} waiting"
+        if p.running:
+            name, phase, seconds = p.running[0]
+            line += f" · slowest: {name} ({phase} {seconds:.0f} s)"
+        cols = shutil.get_terminal_size().columns
+        click.echo("\r\033[K" + line[: max(10, cols - 1)], nl=False, err=True)
+
+    return draw
 
 
 # ---- shell completion of pool and volume names (click's completion) -----------------------

@@ -17,7 +17,7 @@ from auditor.cli.common import (
     refresh_option,
     view_options,
 )
-from auditor.collect import collect, collect_files
+from auditor.collect import collect_files
 from auditor.config import load
 from auditor.models import Summary
 from auditor.report.rows import POOL_COLUMNS, VOLUME_COLUMNS, pool_rows, volume_rows
@@ -50,7 +50,7 @@ def _defaults(default: list[str], summary: Summary, rows: list[dict[str, Any]]) 
 @click.pass_obj
 def volumes(app: App, pool: str | None, fmt: str, no_refresh: bool, view: View) -> int:
     """One row per disk: managed volumes and unmanaged domain disks."""
-    summary = analyze(collect(app.uris, app.connect, app.probes, refresh=not no_refresh))
+    summary = analyze(app.collect(refresh=not no_refresh))
     require_pool(summary, pool)
     rows = volume_rows(summary, pool)
     shown = _defaults(VOLUME_DEFAULT, summary, rows)
@@ -67,7 +67,7 @@ def pools(app: App, fmt: str, no_refresh: bool, policy_path: str | None, view: V
     """One row per pool, per group of pools sharing a filesystem, and per filesystem
     holding unmanaged disks."""
     config = load(policy_path)
-    summary = analyze(collect(app.uris, app.connect, app.probes, refresh=not no_refresh))
+    summary = analyze(app.collect(refresh=not no_refresh))
     rows = pool_rows(summary)
     judged = [assess(p, config.for_pool(p.pool, p.host)) for p in summary.pools]
     extra = [{"used_percent": a.used_percent, "level": a.level.value} for a in judged]

@@ -1,5 +1,5 @@
-"""``auditor metrics``: Prometheus metrics of every --connect host, written once (node_exporter
-textfile format) or served on /metrics."""
+"""``auditor metrics``: Prometheus metrics of every host (--connect or --hosts), written once
+(node_exporter textfile format) or served on /metrics."""
 
 from __future__ import annotations
 
@@ -17,24 +17,25 @@ import click
 from auditor.analyze import analyze
 from auditor.cli.common import App, policy_option, refresh_option
 from auditor.cli.reporting import HISTORY
-from auditor.collect import collect
 from auditor.config import Config, load
 from auditor.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, AuditorError
 from auditor.history import open_history
-from auditor.models import Finding, HostInventory, Inventory, Summary
+from auditor.models import Finding, HostInventory, Inventory, Summary, Target
 from auditor.report import metrics as prom
 from auditor.report.metrics import HostLabels, HostStatus, PoolKey, Reading
 
 
 def host_labels(app: App) -> HostLabels:
-    """Each host's own labels. The hook for a hosts file: until one exists, none."""
-    return prom.no_labels
+    """Each host's own labels, from the hosts file (none for a --connect host)."""
+    known = {t.name: dict(t.labels) for t in app.targets if t.name}
+    return lambda host: known.get(host, {})
 
 
 @dataclass
 class Reader:
-    """What one collection reads: the hosts (each on its own, timed), the audit's findings
-    and, with a history, the days to full; what could not be read goes to ``warn``."""
+    """What one collection reads: the hosts (each on its own, timed, within its timeout), the
+    audit's findings and, with a history, the days to full; what could not be read goes to
+    ``warn``."""
 
     app: App
     config: Config
@@ -43,13 +44,14 @@ class Reader:
     history: str | None
     warn: Callable[[str], None]
     names: dict[str, str] = field(default_factory=dict)  # URI -> host name, as last read
-    down: set[str] = field(default_factory=set)  # URIs down at the last collection
+    down: set[str] = field(default_factory=set)  # hosts down at the last collection
 
     def __call__(self) -> Reading:
         at = datetime.now(UTC)
-        uris = self.app.uris
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(uris)))) as ex:
-            read = list(ex.map(self._host, uris))
+        targets = self.app.targets
+        jobs = self.app.budget.jobs if self.app.budget else len(targets)
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(targets)))) as ex:
+            read = list(ex.map(self._host, targets))
         hosts = tuple(h for found, _ in read if found is not None for h in found.hosts)
         summary = analyze(Inventory(hosts=hosts)) if hosts else None
         return Reading(
@@ -57,28 +59,29 @@ class Reader:
             self._findings(summary), self._days_to_full(summary),
         )  # fmt: skip
 
-    def _host(self, uri: str | None) -> tuple[Inventory | None, HostStatus]:
-        """One host, timed from connecting to its last read; unreachable: down."""
-        shown = uri or "default"
+    def _host(self, target: Target) -> tuple[Inventory | None, HostStatus]:
+        """One host, timed from connecting to its last read; unreachable or late: down."""
+        shown, uri = target.label, target.uri or "default"
         started = time.monotonic()
         try:
-            found = collect([uri], self.app.connect, self.app.probes, refresh=self.refresh)
+            found = self.app.collect(refresh=self.refresh, targets=[target])
         except AuditorError as exc:
             if shown not in self.down:  # said once, not at every collection
                 self.warn(f"host {shown} is down: {exc}")
             self.down.add(shown)
-            return None, HostStatus(shown, self._name(uri), False, time.monotonic() - started)
+            return None, HostStatus(uri, self._name(target), False, time.monotonic() - started)
         if shown in self.down:
             self.down.discard(shown)
             self.warn(f"host {shown} is up again")
         host: HostInventory = found.hosts[0]
-        self.names[shown] = host.host
+        self.names[uri] = host.host
         return found, HostStatus(host.uri, host.host, True, time.monotonic() - started)
 
-    def _name(self, uri: str | None) -> str:
-        """A down host's name: as last read, else the URI's host, else this machine's."""
-        remote = urlsplit(uri or "").hostname
-        known = self.names.get(uri or "default")
+    def _name(self, target: Target) -> str:
+        """A down host's name: its hosts-file name, as last read, else the URI's host, else
+        this machine's."""
+        remote = urlsplit(target.uri or "").hostname
+        known = target.name or self.names.get(target.uri or "default")
         return known or (remote if remote and remote != "localhost" else socket.gethostname())
 
     def _findings(self, summary: Summary | None) -> tuple[Finding, ...] | None:

@@ -13,7 +13,6 @@ import click
 
 from auditor.analyze import analyze
 from auditor.cli.common import App, F, format_option, policy_option, refresh_option, warn
-from auditor.collect import collect
 from auditor.config import Config, load
 from auditor.errors import EXIT_OK
 from auditor.history import (
@@ -89,7 +88,7 @@ def at_option(f: F) -> F:
 
 
 def _collect(app: App, at: datetime | None, no_refresh: bool) -> Summary:
-    summary = analyze(collect(app.uris, app.connect, app.probes, refresh=not no_refresh))
+    summary = analyze(app.collect(refresh=not no_refresh))
     return replace(summary, collected_at=at) if at else summary
 
 

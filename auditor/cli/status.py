@@ -8,7 +8,6 @@ import click
 
 from auditor.analyze import analyze
 from auditor.cli.common import App, colour_allowed, policy_option, refresh_option, terminal_width
-from auditor.collect import collect
 from auditor.config import load
 from auditor.errors import EXIT_OK, EXIT_PARTIAL
 from auditor.report.status import Style, render
@@ -23,7 +22,7 @@ def status(app: App, policy_path: str | None, no_refresh: bool) -> int:
     against its capacity, unmanaged disks and skipped items. Exit 1 if some items could not
     be read (as the other read commands)."""
     config = load(policy_path)
-    summary = analyze(collect(app.uris, app.connect, app.probes, refresh=not no_refresh))
+    summary = analyze(app.collect(refresh=not no_refresh))
     encoding = (sys.stdout.encoding or "").lower().replace("-", "")
     style = Style(colour=colour_allowed(), unicode=encoding == "utf8")
     click.echo(render(summary, config, style, terminal_width() or 100))
