@@ -6,17 +6,16 @@ import csv
 import io
 import json
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import click
 
 from auditor import planning
 from auditor.cli.common import format_option, policy_option
-from auditor.cli.reporting import DEFAULT_HISTORY
+from auditor.cli.reporting import DEFAULT_HISTORY, HISTORY
 from auditor.config import Config, load
 from auditor.errors import EXIT_OK, HistoryError, NotFound
-from auditor.history import open_history
+from auditor.history import masked, open_history
 from auditor.interfaces import HistoryStore, VolumePoint
 from auditor.planning import PLAN_COLUMNS, Change, Planning, PoolPlan
 from auditor.report import table
@@ -93,8 +92,8 @@ def _volumes(db: HistoryStore, p: PoolPlan) -> tuple[VolumePoint, ...]:
 
 @click.command()
 @click.option(
-    "--history", "history_path", type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_HISTORY, show_default=True, metavar="PATH", help="SQLite history database.",
+    "--history", "history_path", type=HISTORY, default=str(DEFAULT_HISTORY), show_default=True,
+    metavar="PATH|URL", help="History: an SQLite file or a postgresql:// URL (the fleet's).",
 )  # fmt: skip
 @click.option(
     "--window", default="30d", show_default=True, metavar="SPAN", callback=_span,
@@ -118,7 +117,7 @@ def _volumes(db: HistoryStore, p: PoolPlan) -> tuple[VolumePoint, ...]:
 )  # fmt: skip
 @click.option("--remove", multiple=True, metavar="VOL", help="What-if: remove this volume.")
 def plan(
-    history_path: Path,
+    history_path: str,
     window: timedelta,
     horizon: timedelta,
     pool: str | None,
@@ -206,10 +205,11 @@ def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def _show(whole: Planning, plans: list[PoolPlan], fmt: str, path: Path) -> None:
+def _show(whole: Planning, plans: list[PoolPlan], fmt: str, path: str) -> None:
     rows = [p.row() for p in plans]
     if fmt == "json":
-        click.echo(json.dumps({"history": str(path)} | whole.as_dict() | {"pools": rows}, indent=2))
+        doc = {"history": masked(path)} | whole.as_dict() | {"pools": rows}
+        click.echo(json.dumps(doc, indent=2))
     elif fmt == "csv":
         click.echo(_csv(rows, PLAN_COLUMNS), nl=False)
     else:
@@ -248,14 +248,14 @@ def _diff(key: str, now: Any, after: Any) -> str:
 
 
 def _show_what_if(
-    whole: Planning, change: Change, pairs: list[tuple[PoolPlan, PoolPlan]], fmt: str, path: Path
+    whole: Planning, change: Change, pairs: list[tuple[PoolPlan, PoolPlan]], fmt: str, path: str
 ) -> None:
     rows = [(now.row(), after.row()) for now, after in pairs]
     flat: list[dict[str, Any]] = []
     for now_row, after_row in rows:
         flat += [{"scenario": "now"} | now_row, {"scenario": "after"} | after_row]
     if fmt == "json":
-        doc = {"history": str(path)} | whole.as_dict() | {"change": _change_doc(change)}
+        doc = {"history": masked(path)} | whole.as_dict() | {"change": _change_doc(change)}
         click.echo(json.dumps(doc | {"pools": flat}, indent=2))
         return
     if fmt == "csv":
