@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from auditor.models import DiskReport, Finding, PoolSummary, Summary, overcommit_ratio
 from auditor.report.chart import PlanningLike
-from auditor.report.rows import finding_doc, pool_row, skip_row, volume_rows
+from auditor.report.rows import finding_doc, pool_row, skip_row, volume_rows, with_labels
 
 PROBLEM_LEVELS = ("crit", "warn")
 
@@ -199,15 +199,21 @@ class Page:
             capacity_unknown=sum(p.capacity is None and p.state == "running" for p in spaces),
         )
 
-    @staticmethod
-    def _pool(st: PoolStatus) -> dict[str, Any]:
-        return pool_row(st.pool) | {
-            "level": st.level,
-            "used_percent": st.used_percent,
-            "reasons": list(st.reasons),
-            "thresholds": dict(st.limits),
-            "change": st.change.as_dict() if st.change else None,
-        }
+    def _pools(self) -> list[dict[str, Any]]:
+        """summary.json's pools: the pool rows (with the hosts' label columns), each with its
+        level, used %, reasons, thresholds and change."""
+        rows = with_labels([pool_row(st.pool) for st in self.pools], self.summary)
+        return [
+            row
+            | {
+                "level": st.level,
+                "used_percent": st.used_percent,
+                "reasons": list(st.reasons),
+                "thresholds": dict(st.limits),
+                "change": st.change.as_dict() if st.change else None,
+            }
+            for row, st in zip(rows, self.pools, strict=True)
+        ]
 
     def document(self) -> dict[str, Any]:
         """``summary.json``: the figures of the page, sizes in integer bytes."""
@@ -223,7 +229,7 @@ class Page:
             "totals": self.totals.as_dict(),
             "thresholds": {k: dict(v) for k, v in self.thresholds.items()},
             "config": self.config_source,
-            "pools": [self._pool(st) for st in self.pools],
+            "pools": self._pools(),
             "volume_changes": [dict(c.__dict__) for c in self.volume_changes],
             "volumes": volume_rows(s),
             "skipped": [skip_row(k) for k in s.skips],
