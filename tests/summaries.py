@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 
 from auditor.analyze import analyze
-from auditor.models import Disk, Domain, DomainDisk, HostInventory, Inventory, Pool, Skip, Summary
+from auditor.models import (
+    Disk,
+    Domain,
+    DomainDisk,
+    HostInventory,
+    Inventory,
+    Labels,
+    Pool,
+    Skip,
+    Summary,
+)
 
 GiB = 1 << 30
 
@@ -59,3 +69,23 @@ def host(
 
 def summary(at: datetime, *hosts: str, **kw: bool) -> Summary:
     return analyze(Inventory(hosts=tuple(host(h, at, **kw) for h in hosts or ("h1",))))
+
+
+def fleet_host(
+    name: str, at: datetime, labels: Labels = (), *, used: int = 40, volumes: int = 200
+) -> HostInventory:
+    """A fleet host: 5 pools of 1000 GiB sharing ``volumes`` thin raw volumes, provisioned at
+    their capacity; pool 'p0' is ``used`` % used (90: critical, 80: warning), the others 40 %."""
+    capacity, per_pool = 1000 * GiB, volumes // 5
+    pools, disks = [], []
+    for i in range(5):
+        share = capacity * (used if i == 0 else 40) // 100 // per_pool
+        pools.append(pool(name, f"p{i}", capacity, capacity - share * per_pool))
+        disks += [
+            disk(name, f"p{i}", f"vm{j:03}-disk.raw", capacity // per_pool, share)
+            for j in range(per_pool)
+        ]
+    return HostInventory(
+        host=name, uri=f"test:///{name}", collected_at=at,
+        pools=tuple(pools), disks=tuple(disks), labels=labels,
+    )  # fmt: skip
