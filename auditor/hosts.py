@@ -15,12 +15,12 @@ import tomllib
 from typing import Any
 
 from auditor.errors import ConfigError
-from auditor.models import Labels, Target
+from auditor.models import OWN_LABELS, Labels, Target
 
 KEYS = ("name", "uri", "labels")
 # Label keys are Prometheus label names, and not one of the labels the metrics set.
 LABEL_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RESERVED = frozenset({"host", "pool", "type", "provisioning", "code", "severity", "le"})
+RESERVED = OWN_LABELS | {"le", "quantile"}
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]*")
 _HEADER = re.compile(r"\s*\[\[\s*host\s*\]\]")
 _HINT = "see README, Fleet: the hosts file"

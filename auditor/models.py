@@ -195,6 +195,10 @@ class Skip:
 
 
 Labels = tuple[tuple[str, str], ...]  # a host's labels (from the hosts file), in file order
+# Label names the metrics give their samples themselves: no host label may take one.
+OWN_LABELS = frozenset(
+    {"host", "pool", "type", "filesystem", "provisioning", "code", "severity", "uri"}
+)
 
 
 @dataclass(frozen=True)

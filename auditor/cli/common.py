@@ -175,7 +175,7 @@ def progress_line() -> Callable[[FleetProgress], None]:
         if p.running:
             name, phase, seconds = p.running[0]
             line += f" · slowest: {name} ({phase} {seconds:.0f} s)"
-        cols = shutil.get_terminal_size().columns
+        cols = shutil.get_terminal_size().columns  # COLUMNS, else stdout's terminal, else 80
         click.echo("\r\033[K" + line[: max(10, cols - 1)], nl=False, err=True)
 
     return draw

@@ -31,13 +31,11 @@ from prometheus_client.exposition import MetricsHandler
 
 from auditor.config import Config
 from auditor.errors import ConfigError
-from auditor.models import Finding, PoolSummary, Summary
+from auditor.models import OWN_LABELS, Finding, PoolSummary, Summary
 from auditor.thresholds import Level, assess
 
 HostLabels = Callable[[str], Mapping[str, str]]  # a host's own labels, e.g. {"site": "ams1"}
 PoolKey = tuple[str, str, str]  # host, pool, type of a summary row
-OWN_LABELS = frozenset({"host", "pool", "type", "filesystem", "provisioning", "code", "severity",
-                        "uri"})  # fmt: skip
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 LEVELS = {Level.OK: 0, Level.WARN: 1, Level.CRIT: 2}  # Level.UNKNOWN: no sample
 DAY = 86_400  # seconds: days_to_full is exported in the base unit (promtool refuses days)

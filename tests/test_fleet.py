@@ -1,0 +1,277 @@
+"""Many hosts: the hosts file, concurrent collection with timeouts, labels in every output.
+
+The hosts are test-driver files, the real local daemon, a TCP port that accepts connections
+and never answers (a stalled host) and one where nothing listens (a host that is down).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pty
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import testbed
+from clirun import REPO, auditor
+from test_metrics import one, pick, promtool_metrics, samples
+
+from auditor.errors import ConfigError
+from auditor.hosts import parse_hosts
+from auditor.models import Target
+
+DEMO = REPO / "examples" / "demo-host.xml"
+
+
+def host(name: str, uri: str, labels: str = "") -> str:
+    return f'[[host]]\nname = "{name}"\nuri = "{uri}"\n' + (
+        f"labels = {{ {labels} }}\n" if labels else ""
+    )
+
+
+@pytest.fixture
+def stalled() -> Iterator[str]:
+    """A URI whose TCP port accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"qemu+tcp://127.0.0.1:{s.getsockname()[1]}/system"
+
+
+@pytest.fixture
+def refused() -> str:
+    """A URI where nothing listens: the connection is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"qemu+tcp://127.0.0.1:{port}/system"
+
+
+def drivers(tmp_path: Path, n: int) -> list[str]:
+    """``n`` test-driver hosts, each its own copy of the demo host."""
+    uris = []
+    for i in range(n):
+        path = tmp_path / f"h{i}.xml"
+        shutil.copy(DEMO, path)
+        uris.append(f"test://{path}")
+    return uris
+
+
+def write(tmp_path: Path, *tables: str) -> str:
+    path = tmp_path / "hosts.toml"
+    path.write_text("\n".join(tables))
+    return str(path)
+
+
+# ---- the hosts file --------------------------------------------------------------------------
+
+
+def test_a_hosts_file_gives_names_uris_and_labels_in_order() -> None:
+    text = host("kvm1", "qemu+ssh://root@kvm1/system", 'site = "ams", cluster = "a"')
+    text += host("kvm2", "test:///default")
+    assert parse_hosts(text, "h.toml") == (
+        Target("qemu+ssh://root@kvm1/system", "kvm1", (("site", "ams"), ("cluster", "a"))),
+        Target("test:///default", "kvm2"),
+    )
+
+
+A, B = host("a", "test:///x"), host("b", "test:///x")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (host("a", "test:///default") + 'colour = "red"\n', "h.toml:4: unknown key 'colour'"),
+        (A + host("a", "test:///y"), "h.toml:5: duplicate name 'a' (first at h.toml:2)"),
+        (A + B, "h.toml:6: duplicate uri 'test:///x' (first at h.toml:3)"),
+        (host("a", "test:///x", 'host = "h"'), "h.toml:4: label 'host'"),
+        (host("a", "test:///x", '"9x" = "h"'), "h.toml:4: label '9x'"),
+        (host("a", "test:///x", "n = 1"), "h.toml:4: label 'n' must be a string"),
+        ('[[host]]\nname = "a"\n', "h.toml:1: uri must be a non-empty string"),
+        ('[[host]]\nname = "a b"\nuri = "test:///x"\n', "h.toml:2: name 'a b'"),
+        ("[host]\nname = 1\n", "h.toml: 'host' must be [[host]] tables"),
+        ("hosts = []\n", "h.toml: unknown key 'hosts'"),
+        ("", "h.toml: no [[host]] table"),
+        ("[[host]\n", "h.toml: not valid TOML"),
+    ],
+)
+def test_a_bad_hosts_file_is_refused_naming_the_line(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        parse_hosts(text, "h.toml")
+
+
+def test_the_cli_refuses_a_bad_hosts_file_in_one_line(tmp_path: Path) -> None:
+    ran = auditor(
+        "--hosts", write(tmp_path, host("a", "test:///x") + host("a", "test:///y")), "pools"
+    )
+    assert ran.code == 2 and ran.out == ""
+    assert ran.err.count("\n") == 1 and "hosts.toml:5: duplicate name 'a'" in ran.err
+    ran = auditor("--hosts", str(tmp_path / "missing.toml"), "pools")
+    assert ran.code == 2 and "missing.toml: cannot read the hosts file" in ran.err
+
+
+def test_hosts_and_connect_together_are_refused_unless_hosts_comes_from_the_environment(
+    tmp_path: Path,
+) -> None:
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("named", a))
+    ran = auditor("--hosts", hosts, "-c", a, "pools")
+    assert ran.code == 2 and "give --hosts or --connect, not both" in ran.err
+    env = os.environ | {"AUDITOR_HOSTS": hosts}
+    p = subprocess.run([sys.executable, "-m", "auditor", "pools", "-f", "json"], env=env,
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    assert p.returncode == 0 and '"host": "named"' in p.stdout
+    p = subprocess.run([sys.executable, "-m", "auditor", "-c", a, "pools", "-f", "json"], env=env,
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    assert p.returncode == 0 and '"host": "named"' not in p.stdout
+
+
+# ---- collection ------------------------------------------------------------------------------
+
+
+def test_a_fleet_with_the_local_daemon_a_stalled_and_a_down_host(
+    bed: testbed.Bed, tmp_path: Path, stalled: str, refused: str
+) -> None:
+    """Every reachable host is read under its hosts-file name with its labels; the stalled
+    and the down host are skipped items (exit 1), and the stall costs no more than its
+    connect timeout."""
+    a, b = drivers(tmp_path, 2)
+    hosts = write(
+        tmp_path,
+        host("kvm-a", a, 'site = "ams", cluster = "a"'),
+        host("kvm-b", b, 'site = "fra"'),
+        host("local", "qemu:///system", 'site = "lab"'),
+        host("stalled", stalled, 'site = "ams"'),
+        host("down", refused),
+    )
+    started = time.monotonic()
+    ran = auditor("--hosts", hosts, "--connect-timeout", "3", "pools", "-f", "csv")
+    took = time.monotonic() - started
+    assert ran.code == 1, ran.err
+    assert took < 3 + 20  # the stalled host's connect timeout, and the rest's collection
+    rows = list(csv.DictReader(io.StringIO(ran.out)))
+    assert list(rows[0])[:3] == ["host", "label_site", "label_cluster"]
+    by_host = {(r["host"], r["label_site"], r["label_cluster"]) for r in rows}
+    assert by_host == {("kvm-a", "ams", "a"), ("kvm-b", "fra", ""), ("local", "lab", "")}
+    local = {r["pool"] for r in rows if r["host"] == "local"}
+    virsh = subprocess.run(["virsh", "-c", "qemu:///system", "pool-list", "--all", "--name"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    assert bed.dir_pool.name in local and {p for p in virsh.stdout.split() if p} <= local
+    err = ran.err.splitlines()
+    assert any(
+        ln.startswith(f"auditor: skipped host {stalled} on stalled: no answer within 3 s")
+        for ln in err
+    ), ran.err
+    assert any(ln.startswith(f"auditor: skipped host {refused} on down: ") for ln in err), ran.err
+
+
+def test_jobs_bound_the_hosts_read_at_once_and_a_stall_never_blocks_a_job(
+    tmp_path: Path, stalled: str
+) -> None:
+    """Four stalled hosts and one test host: with --jobs 4 the four stalls overlap (one
+    connect timeout in all); with --jobs 1 they follow one another."""
+    (a,) = drivers(tmp_path, 1)
+    tables = [host(f"s{i}", f"{stalled}?n={i}") for i in range(4)] + [host("ok", a)]
+    hosts = write(tmp_path, *tables)
+    timings = {}
+    for jobs in ("4", "1"):
+        started = time.monotonic()
+        ran = auditor("--hosts", hosts, "--jobs", jobs, "--connect-timeout", "1", "pools")
+        timings[jobs] = time.monotonic() - started
+        assert ran.code == 1 and ran.err.count("auditor: skipped host") == 4, ran.err
+        assert "ok" in ran.out
+    assert timings["4"] < 1 + 2.5 <= 4 <= timings["1"]
+
+
+def test_the_collection_timeout_covers_a_host_that_stalls_after_connecting(
+    tmp_path: Path, stalled: str
+) -> None:
+    """--timeout bounds a host from its connect on, also when the connect timeout is longer."""
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("ok", a), host("slow", stalled))
+    started = time.monotonic()
+    ran = auditor("--hosts", hosts, "--timeout", "1.5", "--connect-timeout", "30", "volumes")
+    assert time.monotonic() - started < 1.5 + 2.5
+    assert ran.code == 1 and "on slow: no answer within 1.5 s while connecting" in ran.err
+
+
+def test_every_host_unreachable_is_an_error(tmp_path: Path, stalled: str, refused: str) -> None:
+    hosts = write(tmp_path, host("s", stalled), host("d", refused))
+    ran = auditor("--hosts", hosts, "--connect-timeout", "1", "pools")
+    assert ran.code == 2 and ran.err.startswith("auditor: error: no libvirt host could be reached")
+    ran = auditor("-c", stalled, "--connect-timeout", "1", "pools")
+    assert ran.code == 2
+    assert ran.err == f"auditor: error: {stalled}: no answer within 1 s while connecting " \
+        "(--connect-timeout): its figures are left out\n"  # fmt: skip
+
+
+def test_a_progress_line_on_a_terminal_and_none_under_cron(tmp_path: Path, stalled: str) -> None:
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("ok", a), host("slow", stalled))
+    args = [sys.executable, "-m", "auditor", "--hosts", hosts, "--connect-timeout", "1", "pools"]
+    leader, follower = pty.openpty()
+    env = os.environ | {"COLUMNS": "200"}
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=follower, env=env) as p:
+        os.close(follower)
+        p.communicate(timeout=30)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    text = seen.decode()
+    assert "1/2 hosts · 1 running · 0 waiting · slowest: slow (connecting" in text
+    assert "\r\x1b[K" in text
+    quiet = auditor("--hosts", hosts, "--connect-timeout", "1", "pools")
+    assert "hosts ·" not in quiet.err and "\r" not in quiet.err
+
+
+# ---- labels in the outputs -------------------------------------------------------------------
+
+
+def test_labels_are_columns_in_json_and_the_report_files(tmp_path: Path, stalled: str) -> None:
+    a, b = drivers(tmp_path, 2)
+    hosts = write(tmp_path, host("kvm-a", a, 'site = "=cmd()"'), host("kvm-b", b))
+    doc = auditor("--hosts", hosts, "volumes", "-f", "json").json()
+    assert {(v["host"], v["label_site"]) for v in doc["volumes"]} == {("kvm-a", "=cmd()"),
+                                                                      ("kvm-b", "")}  # fmt: skip
+    out = tmp_path / "report"
+    ran = auditor("--hosts", hosts, "report", "--out", str(out), "--history",
+                  str(tmp_path / "h.sqlite"))  # fmt: skip
+    assert ran.code == 0, ran.err
+    pools = list(csv.DictReader(io.StringIO((out / "pools.csv").read_text())))
+    assert {(p["host"], p["label_site"]) for p in pools} == {("kvm-a", "'=cmd()"), ("kvm-b", "")}
+    volumes = (out / "volumes.csv").read_text().splitlines()
+    assert volumes[0].startswith("host,label_site,pool,")
+
+
+def test_metrics_carry_each_hosts_labels_and_name(tmp_path: Path, stalled: str) -> None:
+    a, b = drivers(tmp_path, 2)
+    hosts = write(
+        tmp_path,
+        host("kvm-a", a, 'site = "ams", cluster = "a"'),
+        host("kvm-b", b, 'site = "fra"'),
+        host("stalled", stalled, 'site = "ams"'),
+    )
+    ran = auditor("--hosts", hosts, "--connect-timeout", "1", "metrics", "--no-audit")
+    assert ran.code == 1 and "host stalled is down" in ran.err
+    found = samples(ran.out)
+    assert one(found, "auditor_host_up", host="stalled", site="ams") == 0
+    assert one(found, "auditor_host_up", host="kvm-a", site="ams", cluster="a") == 1
+    capacity = pick(found, "auditor_pool_capacity_bytes", host="kvm-b", site="fra")
+    assert len(capacity) == 3 and not any("cluster" in dict(k) for k in capacity)
+    checked = promtool_metrics(ran.out.encode())
+    assert checked.returncode == 0, checked.stdout + checked.stderr
