@@ -177,7 +177,8 @@ def _skipped(title: str, skips: list[Skip], style: Style, width: int) -> list[st
         return []
     lines = ["", "  " + style.paint(f"{title}: {len(skips)}", Level.WARN)]
     for s in skips[:LISTED]:
-        text = f"{s.kind} {s.name}: {s.reason}"
+        named = f"{s.host} ({s.name})" if s.kind == "host" and s.host != s.name else s.name
+        text = f"{s.kind} {named}: {s.reason}"
         lines.append("    " + shorten(text, max(20, width - 4), style.dots))
     if len(skips) > LISTED:
         lines.append(f"    and {len(skips) - LISTED} more (see `auditor volumes`)")
