@@ -47,7 +47,7 @@ def _fix_host(app: App, host_name: str, summary: Summary, facts: Facts, opts: di
     uri = next(h.uri for h in summary.inventory.hosts if h.host == host_name)
     journal = Journal(app.state)
     with ExitStack() as stack:
-        host = stack.enter_context(LibvirtHost.connect(uri, write=True))
+        host = stack.enter_context(LibvirtHost.connect(uri, write=True, host=host_name))
         if not opts["dry_run"]:
             stack.enter_context(host_lock(app.state, host.uri))
         ctx = Context(host, app.probes, facts.config, View(summary, host_name), journal)
