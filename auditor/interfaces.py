@@ -17,6 +17,7 @@ from auditor.models import (
     FsInfo,
     ImageFix,
     ImageInfo,
+    Labels,
     LibvirtCall,
     Pool,
     PoolSummary,
@@ -113,6 +114,11 @@ class LocalFs(Protocol):
 # stores build their column lists from ``dataclasses.fields``. Text is '' rather than None.
 
 
+def _sorted(labels: Labels) -> Labels:
+    """Labels as a point holds them: one per key (the last), sorted by key, as read back."""
+    return tuple(sorted(dict(labels).items()))
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     """One recorded run."""
@@ -149,10 +155,11 @@ class PoolPoint:
     autostart: bool | None  # None for a group row
     persistent: bool | None
     members: tuple[str, ...]  # the pools of a shared-fs group
+    labels: Labels = ()  # the host's labels, sorted by key (stored as a JSON object)
 
     @classmethod
-    def of(cls, p: PoolSummary) -> PoolPoint:
-        """The point a summary row is recorded as."""
+    def of(cls, p: PoolSummary, labels: Labels = ()) -> PoolPoint:
+        """The point a summary row of a host with ``labels`` is recorded as."""
         return cls(
             host=p.host,
             pool=p.pool,
@@ -174,6 +181,7 @@ class PoolPoint:
             autostart=p.autostart,
             persistent=p.persistent,
             members=p.members,
+            labels=_sorted(labels),
         )
 
 
@@ -196,10 +204,11 @@ class VolumePoint:
     kind: str  # file, block, network
     note: str
     physical: int | None  # st_size of a file
+    labels: Labels = ()  # the host's labels, sorted by key (stored as a JSON object)
 
     @classmethod
-    def of(cls, r: DiskReport) -> VolumePoint:
-        """The point a disk is recorded as."""
+    def of(cls, r: DiskReport, labels: Labels = ()) -> VolumePoint:
+        """The point a disk of a host with ``labels`` is recorded as."""
         d = r.disk
         return cls(
             host=d.host,
@@ -217,6 +226,7 @@ class VolumePoint:
             kind=d.kind,
             note=r.reason,
             physical=d.physical,
+            labels=_sorted(labels),
         )
 
 

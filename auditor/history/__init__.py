@@ -17,7 +17,7 @@ from auditor.errors import HistoryError
 from auditor.interfaces import HistoryStore, PoolPoint, SeriesPoint, VolumePoint
 from auditor.models import Summary
 
-SCHEMA_VERSION = 1  # of the tables every store holds; a store refuses a newer one
+SCHEMA_VERSION = 2  # of the tables every store holds; a store refuses a newer one
 
 _POOL_FIELDS = [f.name for f in fields(PoolPoint)]
 SERIES_COLUMNS = ["collected_at", *_POOL_FIELDS[: _POOL_FIELDS.index("filesystem") + 1]]
@@ -52,13 +52,14 @@ def masked(where: str | Path) -> str:
 
 
 def recorded(summary: Summary) -> tuple[list[PoolPoint], list[VolumePoint]]:
-    """The points a snapshot of ``summary`` records, volumes in the order of the volumes CSV
-    (host, managed first, pool, name): what every store writes."""
+    """The points a snapshot of ``summary`` records, each with its host's labels, volumes in
+    the order of the volumes CSV (host, managed first, pool, name): what every store writes."""
+    labels = {host: tuple(own.items()) for host, own in summary.host_labels.items()}
     volumes = sorted(
-        (VolumePoint.of(r) for r in summary.disks),
+        (VolumePoint.of(r, labels.get(r.disk.host, ())) for r in summary.disks),
         key=lambda v: (v.host, v.pool == "", v.pool, v.volume),
     )
-    return [PoolPoint.of(p) for p in summary.pools], volumes
+    return [PoolPoint.of(p, labels.get(p.host, ())) for p in summary.pools], volumes
 
 
 def stamp(at: datetime) -> str:

@@ -1,12 +1,13 @@
 """The central history store: a PostgreSQL database that every host's nightly run writes to.
 
-The tables, columns and views are the embedded store's (README, "History"), with the same
-encodings: tuples ';'-joined, bools 0/1, '' rather than NULL for text, ``hosts`` a JSON list
+The tables, columns and views are the embedded store's (README, "History"), with the same encodings:
+tuples ';'-joined, bools 0/1, labels JSON text, '' rather than NULL for text, ``hosts`` a JSON list
 (``jsonb``), times as ``stamp()`` text (UTC, microseconds: text order is time order; every text
-column collates as "C", so it sorts byte-wise as the embedded store does). Two additions that
-the engine needs: table ``auditor_history`` (one row: application id and schema version, what
-the embedded file keeps in its header) and a trailing ``rowid`` identity column in ``pools`` and
-``volumes`` (the embedded store's implicit rowid: the order recorded; the views leave it out).
+column collates as "C", so it sorts byte-wise as the embedded store does). Two additions that the
+engine needs: table ``auditor_history`` (one row: application id and schema version, what the
+embedded file keeps in its header) and a ``rowid`` identity column in ``pools`` and ``volumes`` (the
+embedded store's implicit rowid: the order recorded; the views leave it out), after which later
+versions' columns follow.
 
 Tables live in the connection's current schema (``public``, or the URL's ``options=-c
 search_path=...``), which must be empty or ours: anything else is refused without writing.
@@ -115,6 +116,23 @@ MIGRATIONS: dict[int, tuple[LiteralString, ...]] = {
   SELECT s.collected_at, v.snapshot_id, v.host, v.pool, v.volume, v.path, v.format,
          v.provisioning, v.virtual_size, v.disk_size, v.growth, v.managed, v.used_by,
          v.backing_file, v.kind, v.note, v.physical
+  FROM volumes v JOIN snapshots s ON s.id = v.snapshot_id""",
+    ),
+    # labels after rowid (ADD COLUMN appends); the views name their columns, so they are
+    # replaced to end with it, as the embedded store's p.* and v.* do.
+    2: (
+        """ALTER TABLE pools ADD COLUMN labels TEXT COLLATE "C" NOT NULL DEFAULT '{}'""",
+        """ALTER TABLE volumes ADD COLUMN labels TEXT COLLATE "C" NOT NULL DEFAULT '{}'""",
+        """CREATE OR REPLACE VIEW pool_series AS
+  SELECT s.collected_at, p.snapshot_id, p.host, p.pool, p.type, p.state, p.capacity,
+         p.allocation, p.available, p.volumes, p.thin, p.preallocated, p.unknown, p.provisioned,
+         p.used, p.overcommit_ratio, p.exposure, p.filesystem, p.target, p.autostart,
+         p.persistent, p.members, p.labels
+  FROM pools p JOIN snapshots s ON s.id = p.snapshot_id""",
+        """CREATE OR REPLACE VIEW volume_series AS
+  SELECT s.collected_at, v.snapshot_id, v.host, v.pool, v.volume, v.path, v.format,
+         v.provisioning, v.virtual_size, v.disk_size, v.growth, v.managed, v.used_by,
+         v.backing_file, v.kind, v.note, v.physical, v.labels
   FROM volumes v JOIN snapshots s ON s.id = v.snapshot_id""",
     ),
 }

@@ -15,18 +15,21 @@ from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, NamedTuple, TypeVar, get_type_hints
 
 from auditor.errors import HistoryError
 from auditor.history import SCHEMA_VERSION, recorded, stamp
 from auditor.interfaces import Earlier, PoolPoint, SeriesPoint, SnapshotInfo, VolumePoint
-from auditor.models import Summary
+from auditor.models import Labels, Summary
 
 APPLICATION_ID = 0x41554454  # "AUDT"
 BUSY_TIMEOUT = 30.0  # seconds a writer waits for another one
 
-SCHEMA = (
-    """CREATE TABLE snapshots (
+# MIGRATIONS[n]: the statements that take a file from schema n - 1 to n (0: empty), all in one
+# transaction. A version once released never changes: a new file runs every step in turn.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE snapshots (
   id              INTEGER PRIMARY KEY,
   collected_at    TEXT NOT NULL,     -- ISO-8601 UTC: when the figures were read (or --at)
   recorded_at     TEXT NOT NULL,     -- ISO-8601 UTC: when this row was written
@@ -34,8 +37,8 @@ SCHEMA = (
   skipped         INTEGER NOT NULL,  -- items that could not be read
   auditor_version TEXT NOT NULL
 )""",
-    "CREATE INDEX snapshots_by_time ON snapshots (collected_at)",
-    """CREATE TABLE pools (
+        "CREATE INDEX snapshots_by_time ON snapshots (collected_at)",
+        """CREATE TABLE pools (
   snapshot_id      INTEGER NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
   host             TEXT NOT NULL,
   pool             TEXT NOT NULL,
@@ -58,9 +61,9 @@ SCHEMA = (
   persistent       INTEGER,          -- 0 or 1; NULL for a group row
   members          TEXT NOT NULL     -- pools of a shared-fs group, ';'-joined
 )""",
-    "CREATE INDEX pools_by_snapshot ON pools (snapshot_id)",
-    "CREATE INDEX pools_by_name ON pools (host, pool)",
-    """CREATE TABLE volumes (
+        "CREATE INDEX pools_by_snapshot ON pools (snapshot_id)",
+        "CREATE INDEX pools_by_name ON pools (host, pool)",
+        """CREATE TABLE volumes (
   snapshot_id  INTEGER NOT NULL REFERENCES snapshots (id) ON DELETE CASCADE,
   host         TEXT NOT NULL,
   pool         TEXT NOT NULL,        -- '' for an unmanaged disk
@@ -78,12 +81,20 @@ SCHEMA = (
   note         TEXT NOT NULL,
   physical     INTEGER               -- st_size of a file
 )""",
-    "CREATE INDEX volumes_by_snapshot ON volumes (snapshot_id)",
-    """CREATE VIEW pool_series AS
+        "CREATE INDEX volumes_by_snapshot ON volumes (snapshot_id)",
+        """CREATE VIEW pool_series AS
   SELECT s.collected_at, p.* FROM pools p JOIN snapshots s ON s.id = p.snapshot_id""",
-    """CREATE VIEW volume_series AS
+        """CREATE VIEW volume_series AS
   SELECT s.collected_at, v.* FROM volumes v JOIN snapshots s ON s.id = v.snapshot_id""",
-)
+    ),
+    # labels: the host's, a JSON object with sorted keys. (No SQL comment after a column
+    # added: SQLite splices its text into CREATE TABLE, before the closing parenthesis.) The
+    # views need no change: SQLite expands their p.* and v.* whenever a statement reads them.
+    2: (
+        "ALTER TABLE pools ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
+        "ALTER TABLE volumes ADD COLUMN labels TEXT NOT NULL DEFAULT '{}'",
+    ),
+}
 
 SNAPSHOT_COLUMNS = ", ".join(f.name for f in fields(SnapshotInfo))  # the snapshots table
 READ_HOST = "EXISTS (SELECT 1 FROM json_each(s.hosts) WHERE value = :host)"  # s: snapshots
@@ -94,41 +105,60 @@ P = TypeVar("P", PoolPoint, VolumePoint)
 
 def columns(point: type[Point]) -> tuple[str, ...]:
     """The columns of a point's table after ``snapshot_id``: the point's field names, in order,
-    as ``SCHEMA`` lists them. (No name differs; one that did would be mapped here. Renaming a
+    as ``MIGRATIONS`` make them. (No name differs; one that did would be mapped here. Renaming a
     field renames a column: that needs a new schema version.)"""
     return tuple(f.name for f in fields(point))
 
 
-def _stored_as(point: type[Point]) -> tuple[frozenset[str], frozenset[str]]:
-    """(fields stored ';'-joined, fields stored as 0/1): the tuple and the bool fields."""
+class StoredAs(NamedTuple):
+    """How a point type's fields are stored where they are not stored as they are."""
+
+    joined: frozenset[str]  # tuples of text: ';'-joined
+    flags: frozenset[str]  # bools: 0/1
+    objects: frozenset[str]  # labels: a JSON object, keys sorted
+
+
+def _stored_as(point: type[Point]) -> StoredAs:
+    """The tuple, bool and ``Labels`` fields of a point type."""
     hints = get_type_hints(point)
-    joined = frozenset(n for n, t in hints.items() if t == tuple[str, ...])
-    flags = frozenset(n for n, t in hints.items() if t in (bool, bool | None))
-    return joined, flags
+    return StoredAs(
+        frozenset(n for n, t in hints.items() if t == tuple[str, ...]),
+        frozenset(n for n, t in hints.items() if t in (bool, bool | None)),
+        frozenset(n for n, t in hints.items() if t == Labels),
+    )
 
 
 _STORED_AS = {PoolPoint: _stored_as(PoolPoint), VolumePoint: _stored_as(VolumePoint)}
 
 
+def _labels_json(labels: Labels) -> str:
+    """Labels as stored: a JSON object, keys sorted, compact, non-ASCII as it is."""
+    return json.dumps(dict(labels), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def to_row(point: Point) -> dict[str, Any]:
-    """A point as its table stores it: tuples ';'-joined, bools as 0/1."""
-    joined, flags = _STORED_AS[type(point)]
+    """A point as its table stores it: tuples ';'-joined, bools as 0/1, labels as JSON."""
+    stored = _STORED_AS[type(point)]
     row = {name: getattr(point, name) for name in columns(type(point))}
-    for name in joined:
+    for name in stored.joined:
         row[name] = ";".join(row[name])
-    for name in flags:
+    for name in stored.flags:
         row[name] = None if row[name] is None else int(row[name])
+    for name in stored.objects:
+        row[name] = _labels_json(row[name])
     return row
 
 
 def _point(cls: type[P], row: Sequence[Any]) -> P:
     """The point a stored row (its ``columns``, in order) holds."""
-    joined, flags = _STORED_AS[cls]
+    stored = _STORED_AS[cls]
     values = dict(zip(columns(cls), row, strict=True))
-    for name in joined:
+    for name in stored.joined:
         values[name] = tuple(values[name].split(";")) if values[name] else ()
-    for name in flags:
+    for name in stored.flags:
         values[name] = None if values[name] is None else bool(values[name])
+    for name in stored.objects:
+        values[name] = tuple(sorted(json.loads(values[name]).items()))
     return cls(**values)
 
 
@@ -204,19 +234,28 @@ class SqliteHistory:
         return False
 
     def _prepare(self, create: bool) -> None:
-        ours = self._check(*self._identity())
+        app, version, tables = self._identity()
+        ours = self._check(app, version, tables)
         if not ours and not create:
             raise HistoryError(f"{self.path} is empty, not an auditor history")
         self._conn.execute("PRAGMA foreign_keys = ON")
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._conn.execute("PRAGMA journal_mode = WAL")
-        if not ours:
-            with self.transaction():
-                if not self._check(*self._identity()):  # another run may have made it meanwhile
-                    for statement in SCHEMA:
-                        self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-                    self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if not ours or version < SCHEMA_VERSION:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create or upgrade the schema in one write transaction: a run opening the file at
+        the same time waits for it, then finds the schema made."""
+        with self.transaction():
+            app, version, tables = self._identity()
+            if self._check(app, version, tables) and version == SCHEMA_VERSION:
+                return  # another run made it meanwhile
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def close(self) -> None:
         self._conn.close()
