@@ -1,10 +1,11 @@
 """The SQLite history: schema, round trip, refusing corrupt and foreign files, concurrency;
-the store protocol and its typed points."""
+the store protocol and its typed points; labels, and a version-1 file migrated."""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import multiprocessing
 import sqlite3
 import xml.etree.ElementTree as ET
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import summaries
 from summaries import GiB, summary
 
 import auditor
@@ -27,13 +29,27 @@ from auditor.history import (
     open_history,
     parse_since,
     parse_time,
+    recorded,
     series_row,
+    stamp,
 )
-from auditor.history.sqlite import APPLICATION_ID, SqliteHistory, columns, to_row
+from auditor.history.sqlite import APPLICATION_ID, MIGRATIONS, SqliteHistory, columns, to_row
 from auditor.interfaces import HistoryStore, PoolPoint, SnapshotInfo, VolumePoint
+from auditor.models import Inventory, Labels, Summary, Target
 
 T1 = datetime(2026, 1, 1, tzinfo=UTC)
 T2 = datetime(2026, 1, 2, tzinfo=UTC)
+# A host's labels in file order, with text a naive encoding would break; read back sorted.
+LABELS: Labels = (("site", "ams1"), ("rack", 'r;7 "b"'), ("owner", "jörg"), ("a=b", ""))
+SORTED: Labels = (("a=b", ""), ("owner", "jörg"), ("rack", 'r;7 "b"'), ("site", "ams1"))
+LABELS_JSON = '{"a=b":"","owner":"jörg","rack":"r;7 \\"b\\"","site":"ams1"}'
+V1_DDL = "540c5e32dbe427ca73a529e7f121a2a31b396b3fa4aa102faf3691958d987e5b"  # sha256, frozen
+
+
+def labelled(at: datetime, labels: dict[str, Labels], **kw: bool) -> Summary:
+    """``summary`` of the hosts ``labels`` names, each with its labels."""
+    hosts = tuple(replace(summaries.host(h, at, **kw), labels=own) for h, own in labels.items())
+    return analyze(Inventory(hosts=hosts))
 
 
 def digest(path: Path) -> str:
@@ -304,12 +320,18 @@ def _expected_pools(host: str, volumes: dict[str, VolumePoint]) -> dict[str, Poo
     return out
 
 
+def bed_summary() -> Summary:
+    """libvirt's test driver on report-host.xml, collected at T1."""
+    probes = Probes(images=qemu_img.info_many, fs=localfs)
+    target = Target(f"test://{REPORT_HOST}")
+    inventory = collect([target], lambda t: LibvirtHost.connect(t.uri), probes)
+    return replace(analyze(inventory), collected_at=T1)
+
+
 def test_typed_points_round_trip_a_test_driver_summary(tmp_path: Path) -> None:
     """A Summary of libvirt's test driver, recorded and read back: every field of every point
     equals the figure worked out from the host's XML."""
-    probes = Probes(images=qemu_img.info_many, fs=localfs)
-    inventory = collect([f"test://{REPORT_HOST}"], LibvirtHost.connect, probes)
-    s = replace(analyze(inventory), collected_at=T1)
+    s = bed_summary()
     (host,) = s.hosts
     volumes = _expected_volumes(host)
     pools = _expected_pools(host, volumes)
@@ -341,3 +363,131 @@ def test_only_the_sqlite_store_knows_sqlite() -> None:
             assert "PRAGMA" not in text and "BEGIN IMMEDIATE" not in text, mod
         if mod.startswith("history/"):
             assert "auditor.report" not in text and "click" not in text, mod
+
+
+# ---- labels, and a version-1 file migrated ---------------------------------------------------
+
+
+def test_labels_round_trip_as_a_sorted_json_object(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite"
+    with open_history(path) as h:
+        h.record(labelled(T1, {"h1": LABELS, "h2": ()}), "1.0")
+        (e1, e2) = h.earlier(("h1", "h2"), T2)
+        series = h.series()
+    assert {p.labels for p in e1.pools} | {v.labels for v in e1.volumes} == {SORTED}
+    assert {p.labels for p in e2.pools} | {v.labels for v in e2.volumes} == {()}
+    assert {(s.point.host, s.point.labels) for s in series} == {("h1", SORTED), ("h2", ())}
+    conn = sqlite3.connect(path)
+    for table in ("pools", "volumes", "pool_series", "volume_series"):
+        stored = conn.execute(f"SELECT DISTINCT host, labels FROM {table} ORDER BY host")
+        assert stored.fetchall() == [("h1", LABELS_JSON), ("h2", "{}")], table
+    assert json.loads(LABELS_JSON) == dict(LABELS)
+
+
+def v1_rows(s: Summary) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The ``pools`` and ``volumes`` rows a version-1 store wrote for ``s``: no labels."""
+    pools, volumes = recorded(s)
+    return (
+        [{k: v for k, v in to_row(p).items() if k != "labels"} for p in pools],
+        [{k: v for k, v in to_row(v).items() if k != "labels"} for v in volumes],
+    )
+
+
+def make_v1(path: Path, snapshots: list[Summary]) -> None:
+    """A version-1 file, as the released DDL made it, holding ``snapshots``."""
+    assert hashlib.sha256("\n".join(MIGRATIONS[1]).encode()).hexdigest() == V1_DDL
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    for statement in MIGRATIONS[1]:
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    for s in snapshots:
+        sid = conn.execute(
+            "INSERT INTO snapshots (collected_at, recorded_at, hosts, skipped, auditor_version) "
+            "VALUES (?, ?, ?, ?, '1.0')",
+            (stamp(s.collected_at), stamp(s.collected_at), json.dumps(s.hosts), len(s.skips)),
+        ).lastrowid
+        for table, rows in zip(("pools", "volumes"), v1_rows(s), strict=True):
+            for row in rows:
+                marks = ", ?" * len(row)
+                sql = f"INSERT INTO {table} (snapshot_id, {', '.join(row)}) VALUES (?{marks})"
+                conn.execute(sql, (sid, *row.values()))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _rows(path: Path) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
+    """Every table and view of a file: its column names and rows (sorted)."""
+    conn = sqlite3.connect(path)
+    out = {}
+    for table in ("snapshots", "pools", "volumes", "pool_series", "volume_series"):
+        cur = conn.execute(f"SELECT * FROM {table}")
+        out[table] = ([d[0] for d in cur.description], sorted(cur.fetchall(), key=repr))
+    conn.close()
+    return out
+
+
+def _schema(path: Path) -> list[tuple[str, ...]]:
+    conn = sqlite3.connect(path)
+    found = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")
+    schema = found.fetchall()
+    conn.close()
+    return schema
+
+
+OLD = [summary(T1, "h1", "h2"), summary(T2, "h1", extra=True, skip=True)]
+
+
+def test_a_version_1_file_migrates_to_2_keeping_every_row(tmp_path: Path) -> None:
+    """Opened (even to read), a version-1 file gets the labels columns ('{}' in every old row),
+    keeps every row and figure, and answers as a new file holding the same snapshots."""
+    old, new = tmp_path / "v1.sqlite", tmp_path / "v2.sqlite"
+    make_v1(old, OLD)
+    before = _rows(old)
+    with open_history(old, create=False) as h:
+        migrated = (h.count(), h.series(), h.earlier(("h1", "h2"), T2 + timedelta(hours=1)))
+    with open_history(new) as h:
+        for s in OLD:
+            h.record(s, "1.0")
+        fresh = (h.count(), h.series(), h.earlier(("h1", "h2"), T2 + timedelta(hours=1)))
+    conn = sqlite3.connect(old)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    after = _rows(old)
+    for table, (names, rows) in before.items():
+        kept = [n for n in after[table][0] if n != "labels"]
+        assert kept == names, table  # every old column, in its place
+        assert sorted((r[: len(names)] for r in after[table][1]), key=repr) == rows, table
+        if table != "snapshots":
+            assert after[table][0][-1] == "labels", table
+            assert {r[-1] for r in after[table][1]} == {"{}"}, table
+    assert _schema(old) == _schema(new)
+    assert migrated[:2] == fresh[:2] and migrated[1]
+    strip = [(e.host, e.snapshot.id, e.pools, e.volumes) for e in migrated[2]]
+    assert strip == [(e.host, e.snapshot.id, e.pools, e.volumes) for e in fresh[2]]
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _open_and_record(path: str, k: int) -> None:
+    with open_history(path) as h:
+        h.record(labelled(T2 + timedelta(minutes=k + 1), {"h1": (("run", str(k)),)}), "2.0")
+
+
+def test_concurrent_openers_migrate_a_version_1_file_once(tmp_path: Path) -> None:
+    """Eight processes open one version-1 file at once: one migrates it, every one records."""
+    path = tmp_path / "h.sqlite"
+    make_v1(path, OLD)
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_open_and_record, args=(str(path), k)) for k in range(8)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0] * 8
+    with open_history(path, create=False) as h:
+        assert h.count() == 10
+        runs = {(s.collected_at, s.point.labels) for s in h.series() if s.collected_at > T2}
+    assert runs == {(T2 + timedelta(minutes=k + 1), (("run", str(k)),)) for k in range(8)}
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("SELECT count(*) FROM pools WHERE labels = '{}'").fetchone()[0] == 9

@@ -1,13 +1,16 @@
 """The PostgreSQL history against a real server (scripts/postgres.sh, on 127.0.0.1): the same
-protocol as the SQLite store, schema and identity, refusing foreign and newer schemas without
-writing, 20 concurrent `auditor snapshot` processes, and passwords never printed.
+protocol as the SQLite store, schema and identity, a version-1 database migrated, refusing
+foreign and newer schemas without writing, 20 concurrent `auditor snapshot` processes, and
+passwords never printed.
 
 A server that cannot be started is an error, not a skip: `make test` starts it, and so does
 the ``server`` fixture when it is not running."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import socket
 import sqlite3
@@ -15,6 +18,8 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,22 +27,34 @@ from pathlib import Path
 import psycopg
 import pytest
 from clirun import auditor
+from psycopg.types.json import Jsonb
 from summaries import GiB, summary
-from test_history import REPORT_HOST, T1, T2, _expected_pools, _expected_volumes
+from test_history import (
+    LABELS,
+    LABELS_JSON,
+    OLD,
+    REPORT_HOST,
+    SORTED,
+    T1,
+    T2,
+    _expected_pools,
+    _expected_volumes,
+    bed_summary,
+    labelled,
+    v1_rows,
+)
 
-from auditor.adapters import localfs, qemu_img
-from auditor.adapters.libvirt import LibvirtHost
-from auditor.analyze import analyze
-from auditor.collect import Probes, collect
 from auditor.errors import HistoryError
-from auditor.history import SCHEMA_VERSION, masked, open_history, series_row
+from auditor.history import SCHEMA_VERSION, masked, open_history, series_row, stamp
 from auditor.history.postgres import APPLICATION_ID, MIGRATIONS, PostgresHistory
 from auditor.history.sqlite import SqliteHistory
 from auditor.interfaces import HistoryStore, PoolPoint, SnapshotInfo, VolumePoint
+from auditor.models import Summary
 
 REPO = Path(__file__).resolve().parents[1]
 PG_DIR = Path(os.environ.get("AUDITOR_PG_DIR", "/var/tmp/auditor-postgres"))
 SECRET = "pw-Never-Printed-42"
+V1_DDL = "aa3ba397b6a23fce74238212710caab3f174f1ae2c27dfd04fc6ec560383ef90"  # sha256, frozen
 
 
 @dataclass(frozen=True)
@@ -80,15 +97,24 @@ def _admin(server: Server) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(server.url, autocommit=True, password=server.password)
 
 
-@pytest.fixture
-def database(server: Server, pgpass: Server) -> Iterator[str]:
-    """A new, empty database of this test (concurrent test runs never meet); its URL."""
+@contextmanager
+def _new_database(server: Server) -> Iterator[str]:
+    """A new, empty database (concurrent test runs never meet), dropped after; its URL."""
     name = f"auditor_test_{uuid.uuid4().hex[:12]}"
     with _admin(server) as conn:
         conn.execute(f'CREATE DATABASE "{name}" STRATEGY = file_copy')  # fast: no WAL
-    yield server.db(name)
-    with _admin(server) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield server.db(name)
+    finally:
+        with _admin(server) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database(server: Server, pgpass: Server) -> Iterator[str]:
+    """A new, empty database of this test; its URL."""
+    with _new_database(server) as url:
+        yield url
 
 
 def sql(url: str, query: str, *args: object) -> list[tuple[object, ...]]:
@@ -177,9 +203,7 @@ def test_a_failed_transaction_records_nothing_and_record_joins_it(where: str) ->
 def test_typed_points_round_trip_a_test_driver_summary(where: str) -> None:
     """A Summary of libvirt's test driver, recorded and read back: every field of every point
     equals the figure worked out from the host's XML, in the order recorded."""
-    probes = Probes(images=qemu_img.info_many, fs=localfs)
-    inventory = collect([f"test://{REPORT_HOST}"], LibvirtHost.connect, probes)
-    s = replace(analyze(inventory), collected_at=T1)
+    s = bed_summary()
     (host,) = s.hosts
     volumes = _expected_volumes(host)
     pools = _expected_pools(host, volumes)
@@ -198,6 +222,20 @@ def test_typed_points_round_trip_a_test_driver_summary(where: str) -> None:
     assert [(x.collected_at, x.snapshot_id, x.point) for x in series] == [
         (T1, sid, read[name]) for name in sorted(read)
     ]
+
+
+def test_labels_round_trip(where: str) -> None:
+    """Each point has its host's labels, sorted by key; a host without labels has none."""
+    with open_history(where) as h:
+        h.record(labelled(T1, {"h1": LABELS, "h2": ()}), "1.0")
+        h.record(labelled(T2, {"h2": (("site", "fra2"),)}), "1.0")
+        earlier = {e.host: e for e in h.earlier(("h1", "h2"), T2 + timedelta(seconds=1))}
+        series = h.series(pool="big")
+    assert {p.labels for p in earlier["h1"].pools + earlier["h1"].volumes} == {SORTED}
+    assert {p.labels for p in earlier["h2"].pools + earlier["h2"].volumes} == {(("site", "fra2"),)}
+    assert [(s.point.host, s.point.labels) for s in series] == [
+        ("h1", SORTED), ("h2", ()), ("h2", (("site", "fra2"),))
+    ]  # fmt: skip
 
 
 def test_both_stores_give_the_same_answers(tmp_path: Path, database: str) -> None:
@@ -247,19 +285,20 @@ def test_a_new_database_is_identified_versioned_and_has_the_sqlite_columns(datab
     volume_fields = [f.name for f in fields(VolumePoint)]
     assert _columns(database, "snapshots") == [f.name for f in fields(SnapshotInfo)]
     # rowid: what SQLite's implicit rowid is, the order recorded
-    assert _columns(database, "pools") == ["snapshot_id", *pool_fields, "rowid"]
-    assert _columns(database, "volumes") == ["snapshot_id", *volume_fields, "rowid"]
+    # labels: added by version 2, after rowid
+    assert _columns(database, "pools") == ["snapshot_id", *pool_fields[:-1], "rowid", "labels"]
+    assert _columns(database, "volumes") == ["snapshot_id", *volume_fields[:-1], "rowid", "labels"]
     assert _columns(database, "pool_series") == ["collected_at", "snapshot_id", *pool_fields]
     assert _columns(database, "volume_series") == ["collected_at", "snapshot_id", *volume_fields]
 
 
 def test_encodings_are_the_sqlite_stores(tmp_path: Path, database: str) -> None:
-    """The same rows in both: tuples ';'-joined, bools 0/1, '' for text, hosts a JSON list,
-    collected_at stamp() text."""
+    """The same rows in both: tuples ';'-joined, bools 0/1, '' for text, labels the same JSON
+    text, hosts a JSON list, collected_at stamp() text."""
     rows = {}
     for where in (str(tmp_path / "h.sqlite"), database):
         with open_history(where) as h:
-            h.record(summary(T1, "h1", "h2"), "1.0")
+            h.record(labelled(T1, {"h1": LABELS, "h2": ()}), "1.0")
     conn = sqlite3.connect(tmp_path / "h.sqlite")
     for table in ("pool_series", "volume_series"):
         lite = conn.execute(f"SELECT * FROM {table} ORDER BY host, pool, 5").fetchall()
@@ -269,6 +308,108 @@ def test_encodings_are_the_sqlite_stores(tmp_path: Path, database: str) -> None:
     (hosts,) = sql(database, "SELECT hosts::text, collected_at FROM snapshots")
     assert hosts == ('["h1", "h2"]', "2026-01-01T00:00:00.000000+00:00")
     assert conn.execute("SELECT hosts FROM snapshots").fetchone() == ('["h1", "h2"]',)
+    assert sql(database, "SELECT DISTINCT host, labels FROM volumes ORDER BY 1") == [
+        ("h1", LABELS_JSON), ("h2", "{}")
+    ]  # fmt: skip
+
+
+# ---- a version-1 database migrated ----------------------------------------------------------
+
+
+def make_v1_database(url: str, snapshots: list[Summary]) -> None:
+    """A version-1 database, as the released DDL made it, holding ``snapshots``."""
+    assert hashlib.sha256("\n".join(MIGRATIONS[1]).encode()).hexdigest() == V1_DDL
+    with psycopg.connect(url) as conn:  # one transaction
+        for statement in MIGRATIONS[1]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO auditor_history VALUES (%s, 1)", (APPLICATION_ID,))
+        for s in snapshots:
+            found = conn.execute(
+                "INSERT INTO snapshots (collected_at, recorded_at, hosts, skipped, "
+                "auditor_version) VALUES (%s, %s, %s, %s, '1.0') RETURNING id",
+                (stamp(s.collected_at), stamp(s.collected_at), Jsonb(s.hosts), len(s.skips)),
+            ).fetchone()
+            assert found is not None
+            for table, rows in zip(("pools", "volumes"), v1_rows(s), strict=True):
+                for row in rows:
+                    marks = ", %s" * len(row)
+                    insert = (
+                        f"INSERT INTO {table} (snapshot_id, {', '.join(row)}) VALUES (%s{marks})"
+                    )
+                    conn.execute(insert, (found[0], *row.values()))
+
+
+TABLES = ("snapshots", "pools", "volumes", "pool_series", "volume_series")
+
+
+def _rows(url: str) -> dict[str, tuple[list[str], list[tuple[object, ...]]]]:
+    """Every table and view: its column names and rows (sorted)."""
+    out = {}
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in TABLES:
+            cur = conn.execute(f"SELECT * FROM {table}")
+            assert cur.description is not None
+            out[table] = ([d.name for d in cur.description], sorted(cur.fetchall(), key=repr))
+    return out
+
+
+def _schema(url: str) -> list[tuple[object, ...]]:
+    """Every column of the history (its type, collation, default) and every view's query."""
+    return sql(
+        url,
+        "SELECT table_name, column_name, ordinal_position, data_type, collation_name, "
+        "is_nullable, column_default, pg_get_viewdef(table_name::regclass) FROM "
+        "information_schema.columns WHERE table_schema = current_schema() ORDER BY 1, 3",
+    )
+
+
+def test_a_version_1_database_migrates_to_2_keeping_every_row(
+    database: str, server: Server
+) -> None:
+    """Opened (even to read), a version-1 database gets the labels columns ('{}' in every old
+    row) and views ending with them, keeps every row and figure, and answers as a new one
+    holding the same snapshots."""
+    make_v1_database(database, OLD)
+    before = _rows(database)
+    with open_history(database, create=False) as h:
+        migrated = (h.count(), h.series(), h.earlier(("h1", "h2"), T2 + timedelta(hours=1)))
+    assert sql(database, "SELECT user_version FROM auditor_history") == [(SCHEMA_VERSION,)]
+    after = _rows(database)
+    for table, (names, rows) in before.items():
+        assert [n for n in after[table][0] if n != "labels"] == names, table
+        assert sorted((r[: len(names)] for r in after[table][1]), key=repr) == rows, table
+        if table != "snapshots":
+            assert after[table][0][-1] == "labels", table
+            assert {r[-1] for r in after[table][1]} == {"{}"}, table
+    with _new_database(server) as fresh_url, open_history(fresh_url) as h:
+        for s in OLD:
+            h.record(s, "1.0")
+        fresh = (h.count(), h.series(), h.earlier(("h1", "h2"), T2 + timedelta(hours=1)))
+        assert _schema(database) == _schema(fresh_url)
+    assert migrated[:2] == fresh[:2] and migrated[1]
+    strip = [(e.host, e.snapshot.id, e.pools, e.volumes) for e in migrated[2]]
+    assert strip == [(e.host, e.snapshot.id, e.pools, e.volumes) for e in fresh[2]]
+
+
+def test_concurrent_openers_migrate_a_version_1_database_once(database: str) -> None:
+    """Eight connections open one version-1 database at once: one migrates it (the advisory
+    lock), every one records."""
+    make_v1_database(database, OLD)
+
+    def run(k: int) -> int:
+        with open_history(database) as h:
+            s = labelled(T2 + timedelta(minutes=k + 1), {"h1": (("run", str(k)),)})
+            return h.record(s, "2.0")
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(run, range(8)))
+    assert len(set(ids)) == 8
+    with open_history(database, create=False) as h:
+        assert h.count() == 10
+        runs = {(s.collected_at, s.point.labels) for s in h.series() if s.collected_at > T2}
+    assert runs == {(T2 + timedelta(minutes=k + 1), (("run", str(k)),)) for k in range(8)}
+    assert sql(database, "SELECT * FROM auditor_history") == [(APPLICATION_ID, SCHEMA_VERSION)]
+    assert sql(database, "SELECT count(*) FROM pools WHERE labels = '{}'") == [(9,)]
 
 
 # ---- refusing what is not ours, without writing ----------------------------------------------
@@ -342,36 +483,61 @@ def test_other_schemes_are_still_refused(tmp_path: Path) -> None:
 # ---- many writers at once --------------------------------------------------------------------
 
 
-def test_twenty_concurrent_snapshot_processes_lose_and_duplicate_nothing(database: str) -> None:
-    """20 `auditor snapshot` processes, each a test-driver host, write to one new database at
-    once (racing to create its schema too): 20 snapshots, every row once."""
+def _writer(k: int, database: str, at: datetime, folder: Path) -> tuple[list[str], str]:
+    """`auditor snapshot` of writer ``k`` (the test bed, named kvmNN by a hosts file that gives
+    odd writers labels) and the labels JSON it records."""
+    labels = {"site": f"dc{k % 3}", "writer": str(k)} if k % 2 else {}
+    line = f'labels = {{ site = "dc{k % 3}", writer = "{k}" }}\n' if labels else ""
+    hosts = folder / f"hosts{k}.toml"
+    hosts.write_text(f'[[host]]\nname = "kvm{k:02d}"\nuri = "test://{REPORT_HOST}"\n{line}')
+    argv = [sys.executable, "-m", "auditor", "--hosts", str(hosts), "snapshot",
+            "--history", database, "--at", at.isoformat()]  # fmt: skip
+    return argv, json.dumps(labels, separators=(",", ":"))
+
+
+def test_twenty_concurrent_snapshot_processes_lose_and_duplicate_nothing(
+    database: str, tmp_path: Path
+) -> None:
+    """20 `auditor snapshot` processes, each a test-driver host of a hosts file (ten with
+    labels), write to one new database at once (racing to create its schema too): 20
+    snapshots, every row once, each with its host's name and labels."""
     n = 20
     times = [T1 + timedelta(minutes=k) for k in range(n)]
+    writers = [_writer(k, database, at, tmp_path) for k, at in enumerate(times)]
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "auditor", "-c", f"test://{REPORT_HOST}", "snapshot",
-             "--history", database, "--at", at.isoformat()],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for at in times
-    ]  # fmt: skip
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for argv, _ in writers
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * n, [err for _, err in outs]
-    ids = sorted(int(out.split()[1].rstrip(":")) for out, _ in outs)
+    labels = {
+        int(out.split()[1].rstrip(":")): w[1] for (out, _), w in zip(outs, writers, strict=True)
+    }
+    ids = sorted(labels)
     volumes = _expected_volumes("any")
     pools = _expected_pools("any", volumes)
     with open_history(database, create=False) as h:
         assert h.count() == n
-        assert len(h.series()) == n * len(pools)
-        assert sorted({s.collected_at for s in h.series()}) == times
+        series = h.series()
+    assert len(series) == n * len(pools)
+    assert sorted({s.collected_at for s in series}) == times
+    assert {(s.snapshot_id, s.point.labels) for s in series} == {
+        (i, tuple(sorted(json.loads(own).items()))) for i, own in labels.items()
+    }
+    assert {(s.collected_at, s.point.host) for s in series} == {
+        (at, f"kvm{k:02d}") for k, at in enumerate(times)
+    }
     assert sql(database, "SELECT id FROM snapshots ORDER BY id") == [(i,) for i in ids]
-    assert len(set(ids)) == n
+    assert len(ids) == n
     per_snapshot = sql(
         database,
         "SELECT s.id, (SELECT count(*) FROM pools p WHERE p.snapshot_id = s.id), "
         "(SELECT count(*) FROM volumes v WHERE v.snapshot_id = s.id) FROM snapshots s",
     )
     assert sorted(per_snapshot) == [(i, len(pools), len(volumes)) for i in ids]
+    for table, rows in (("pools", len(pools)), ("volumes", len(volumes))):
+        found = sql(database, f"SELECT snapshot_id, labels, count(*) FROM {table} GROUP BY 1, 2")
+        assert sorted(found) == [(i, labels[i], rows) for i in ids], table
     assert sql(database, "SELECT count(*) FROM auditor_history") == [(1,)]
 
 
