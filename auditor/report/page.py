@@ -224,8 +224,11 @@ class HostGroup:
     def problems(self) -> tuple[HostStatus, ...]:
         return tuple(h for h in self.hosts if h.problem)
 
-    def order(self) -> tuple[tuple[bool, int, int, str], int, str]:
-        return self.hosts[0].order(), -len(self.problems), self.name
+    def order(self) -> tuple[bool, int, int, int, str]:
+        """Worst first: its worst host's problem, level and skipped items, then its problem
+        hosts, then its name."""
+        worst, level, skipped, _ = self.hosts[0].order()
+        return worst, level, skipped, -len(self.problems), self.name
 
 
 def host_level(statuses: Iterable[PoolStatus]) -> str:
