@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -17,10 +18,17 @@ from jinja2 import Environment, FunctionLoader, StrictUndefined
 from markupsafe import Markup
 
 from auditor.report.chart import chart, in_days, iso_date
-from auditor.report.page import Page, PoolStatus
+from auditor.report.page import DOWN, VOLUME_CAP, Page, PoolStatus
 from auditor.units import exact, iec, signed, signed_count
 
-LEVELS = {"crit": "Critical", "warn": "Warning", "unknown": "No data", "ok": "OK"}
+LEVELS = {
+    "crit": "Critical",
+    "warn": "Warning",
+    "unknown": "No data",
+    "ok": "OK",
+    DOWN: "Unreachable",
+}
+HOST_NAMES = 8  # hosts named in the title and the header; a larger fleet is counted
 BAR_WIDTH = 1000  # SVG user units of a bar's full length
 
 
@@ -32,6 +40,11 @@ def _source(name: str) -> str | None:
 def num(value: float) -> str:
     """A threshold without trailing zeros: 80.0 → '80', 1.5 → '1.5'."""
     return f"{value:g}"
+
+
+def hostlist(hosts: Sequence[str]) -> str:
+    """The hosts' names, or their number beyond HOST_NAMES hosts."""
+    return ", ".join(hosts) if len(hosts) <= HOST_NAMES else f"{len(hosts)} hosts"
 
 
 def when(at: datetime) -> str:
@@ -85,9 +98,17 @@ def environment() -> Environment:
         undefined=StrictUndefined,
     )
     env.filters.update(
-        iec=iec, exact=exact, signed=signed, signed_count=signed_count, when=when, num=num
+        iec=iec,
+        exact=exact,
+        signed=signed,
+        signed_count=signed_count,
+        when=when,
+        num=num,
+        hostlist=hostlist,
     )
-    env.globals.update(bar=bar, levels=LEVELS, width=BAR_WIDTH)
+    env.globals.update(
+        bar=bar, levels=LEVELS, width=BAR_WIDTH, host_names=HOST_NAMES, volume_cap=VOLUME_CAP
+    )
     env.filters.update(date=iso_date, in_days=in_days)  # the planning section
     env.globals.update(chart=chart)
     return env
