@@ -195,6 +195,7 @@ class Skip:
 
 
 Labels = tuple[tuple[str, str], ...]  # a host's labels (from the hosts file), in file order
+LABEL_PREFIX = "label_"  # a host label's column in CSV and JSON: label_site for the label site
 # Label names the metrics give their samples themselves: no host label may take one.
 OWN_LABELS = frozenset(
     {"host", "pool", "type", "filesystem", "provisioning", "code", "severity", "uri"}

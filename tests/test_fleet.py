@@ -256,6 +256,10 @@ def test_labels_are_columns_in_json_and_the_report_files(tmp_path: Path, stalled
     assert {(p["host"], p["label_site"]) for p in pools} == {("kvm-a", "'=cmd()"), ("kvm-b", "")}
     volumes = (out / "volumes.csv").read_text().splitlines()
     assert volumes[0].startswith("host,label_site,pool,")
+    series = auditor("history", "--history", str(tmp_path / "h.sqlite"), "-f", "csv")
+    rows = list(csv.DictReader(io.StringIO(series.out)))
+    assert list(rows[0])[:3] == ["collected_at", "host", "label_site"]
+    assert {(r["host"], r["label_site"]) for r in rows} == {("kvm-a", "'=cmd()"), ("kvm-b", "")}
 
 
 def test_metrics_carry_each_hosts_labels_and_name(tmp_path: Path, stalled: str) -> None:

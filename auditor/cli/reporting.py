@@ -15,14 +15,7 @@ from auditor.analyze import analyze
 from auditor.cli.common import App, F, format_option, policy_option, refresh_option, warn
 from auditor.config import Config, load
 from auditor.errors import EXIT_OK
-from auditor.history import (
-    SERIES_COLUMNS,
-    masked,
-    open_history,
-    parse_since,
-    parse_time,
-    series_row,
-)
+from auditor.history import masked, open_history, parse_since, parse_time, series_table
 from auditor.models import Finding, Summary
 from auditor.report import table
 
@@ -180,15 +173,15 @@ def history(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from exc
     with open_history(history_path, create=False) as db:
-        rows = [series_row(s) for s in db.series(pool=pool, since=start, host=host)]
+        rows, columns = series_table(db.series(pool=pool, since=start, host=host))
     if fmt == "json":
         click.echo(json.dumps({"history": masked(history_path), "pools": rows}, indent=2))
     elif fmt == "csv":
         from auditor.report.tables import to_csv
 
-        click.echo(to_csv(rows, SERIES_COLUMNS), nl=False)
+        click.echo(to_csv(rows, columns), nl=False)
     else:
-        click.echo(table.render(rows, SERIES_COLUMNS))
+        click.echo(table.render(rows, columns))
     return EXIT_OK
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from auditor.errors import HistoryError
 from auditor.interfaces import HistoryStore, PoolPoint, SeriesPoint, VolumePoint
-from auditor.models import Summary
+from auditor.models import LABEL_PREFIX, Summary
 
 SCHEMA_VERSION = 2  # of the tables every store holds; a store refuses a newer one
 
@@ -72,6 +72,20 @@ def series_row(s: SeriesPoint) -> dict[str, Any]:
     return {"collected_at": stamp(s.collected_at)} | {
         name: getattr(s.point, name) for name in SERIES_COLUMNS[1:]
     }
+
+
+def series_table(points: list[SeriesPoint]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows and columns ``auditor history`` prints: ``SERIES_COLUMNS`` with a
+    ``label_KEY`` column after ``host`` per label key of the points ('' where absent)."""
+    keys = [LABEL_PREFIX + k for k in dict.fromkeys(k for s in points for k, _ in s.point.labels)]
+    at = SERIES_COLUMNS.index("host") + 1
+    columns = [*SERIES_COLUMNS[:at], *keys, *SERIES_COLUMNS[at:]]
+    rows = []
+    for s in points:
+        row = series_row(s) | {k: "" for k in keys}
+        row |= {LABEL_PREFIX + k: v for k, v in s.point.labels}
+        rows.append({c: row[c] for c in columns})
+    return rows, columns
 
 
 def parse_time(text: str) -> datetime:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auditor.models import DiskReport, Finding, PoolSummary, Skip, Summary
+from auditor.models import LABEL_PREFIX, DiskReport, Finding, PoolSummary, Skip, Summary
 
 VOLUME_COLUMNS = [
     "host", "pool", "volume", "path", "format", "provisioning", "virtual_size", "disk_size",
@@ -57,9 +57,6 @@ def pool_row(p: PoolSummary) -> dict[str, Any]:
 
 def skip_row(s: Skip) -> dict[str, Any]:
     return {"host": s.host, "kind": s.kind, "name": s.name, "reason": s.reason}
-
-
-LABEL_PREFIX = "label_"  # a host label's column: label_site for the label site
 
 
 def label_columns(summary: Summary) -> list[str]:
