@@ -123,7 +123,8 @@ def collect(
             "no libvirt host could be reached: " + "; ".join(s.reason for s in skips),
             "check the URIs and that libvirtd runs there",
         )
-    return Inventory(hosts=hosts, skips=skips)
+    labels = tuple((t.name, t.labels) for t in targets if t.name and t.labels)
+    return Inventory(hosts=hosts, skips=skips, labels=labels)
 
 
 def _skip_or_raise(target: Target, exc: AuditorError, hosts: int) -> Skip | AuditorError:

@@ -237,6 +237,7 @@ class HostInventory:
 class Inventory:
     hosts: tuple[HostInventory, ...] = ()
     skips: tuple[Skip, ...] = ()  # failures outside any host (an unreachable URI)
+    labels: tuple[tuple[str, Labels], ...] = ()  # every named host's labels, reached or not
 
     @property
     def all_skips(self) -> tuple[Skip, ...]:
@@ -306,14 +307,16 @@ class Summary:
 
     @property
     def host_labels(self) -> dict[str, dict[str, str]]:
-        """Each collected host's labels (hosts without labels map to {})."""
-        return {h.host: dict(h.labels) for h in self.inventory.hosts}
+        """Each host's labels, an unreachable one's too (hosts without labels map to {})."""
+        inv = self.inventory
+        return {n: dict(lab) for n, lab in inv.labels} | {h.host: dict(h.labels) for h in inv.hosts}
 
     @property
     def label_keys(self) -> tuple[str, ...]:
         """Every label key of the hosts, in first-seen order."""
-        keys = dict.fromkeys(k for h in self.inventory.hosts for k, _ in h.labels)
-        return tuple(keys)
+        inv = self.inventory
+        every = [*(lab for _, lab in inv.labels), *(h.labels for h in inv.hosts)]
+        return tuple(dict.fromkeys(k for labels in every for k, _ in labels))
 
 
 def overcommit_ratio(provisioned: int, capacity: int | None) -> float | None:

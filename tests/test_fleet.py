@@ -279,3 +279,15 @@ def test_metrics_carry_each_hosts_labels_and_name(tmp_path: Path, stalled: str) 
     assert len(capacity) == 3 and not any("cluster" in dict(k) for k in capacity)
     checked = promtool_metrics(ran.out.encode())
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_an_unreachable_host_keeps_its_labels_in_the_report(tmp_path: Path, stalled: str) -> None:
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("kvm-a", a, 'site = "ams"'), host("gone", stalled, 'site = "zrh"'))
+    out = tmp_path / "report"
+    ran = auditor("--hosts", hosts, "--connect-timeout", "1", "report", "--out", str(out),
+                  "--history", str(tmp_path / "h.sqlite"))  # fmt: skip
+    assert ran.code == 1, ran.err
+    page = (out / "report.html").read_text()
+    group = page.index('<span class="gname">site=zrh</span>')
+    assert page.index('<span class="hname">gone</span>', group) > group

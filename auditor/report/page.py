@@ -297,7 +297,11 @@ class Page:
             totals = Totals.of(own, disks.get(h, []), 1)
             return HostStatus(h, labels.get(h, {}), host_level(own), own, totals, skipped[h])
 
-        down = [HostStatus(k.host, {}, DOWN, reason=k.reason) for k in s.skips if k.kind == "host"]
+        down = [
+            HostStatus(k.host, labels.get(k.host, {}), DOWN, reason=k.reason)
+            for k in s.skips
+            if k.kind == "host"
+        ]
         return tuple(sorted([*map(reached, s.hosts), *down], key=HostStatus.order))
 
     @property
