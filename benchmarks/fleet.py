@@ -614,6 +614,7 @@ def main() -> None:
     def terminate(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)  # unwinds: pool, folders and threads are cleaned up
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with it ignored
     signal.signal(signal.SIGTERM, terminate)
     signal.signal(signal.SIGHUP, terminate)
     with tempfile.TemporaryDirectory(prefix="auditor-fleet-") as tmp, Loopback() as lb:
@@ -643,4 +644,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # everything made is removed by then
+        sys.exit(130)
