@@ -82,7 +82,12 @@ _VANISHED = {
     libvirt.VIR_ERR_NO_STORAGE_VOL,
     libvirt.VIR_ERR_NO_DOMAIN,
 }
-WORKERS = 4  # concurrent RPCs per connection (libvirtd's default max_client_requests is 5)
+WORKERS = 4  # concurrent RPCs per local connection (libvirtd's default max_client_requests is 5)
+# Over a network a call waits a round trip: keep more in flight (up to ``in_flight``, the
+# caller's share of the run). libvirtd works on at most max_client_requests of them at once
+# and leaves the rest queued on the socket, so the round trips overlap and the daemon is
+# never idle waiting for the next request.
+REMOTE_WORKERS = 64
 
 
 def _msg(exc: libvirt.libvirtError) -> str:
@@ -111,19 +116,23 @@ class LibvirtHost:
     """One libvirt connection: inventory reads and managed operations."""
 
     def __init__(
-        self, conn: libvirt.virConnect, read_only: bool, why: str = "", name: str | None = None
+        self,
+        conn: libvirt.virConnect,
+        read_only: bool,
+        why: str = "",
+        name: str | None = None,
+        in_flight: int = REMOTE_WORKERS,
     ) -> None:
         self._conn = conn
         self.read_only = read_only
         self.read_only_reason = why
         self.uri: str = conn.getURI()
         self.host: str = name or conn.getHostname()
+        where = urlsplit(self.uri).hostname
         # The test driver's objects live in its XML, not on this machine.
-        self.local = conn.getType() != "TEST" and urlsplit(self.uri).hostname in (
-            None,
-            "",
-            "localhost",
-        )
+        self.local = conn.getType() != "TEST" and where in (None, "", "localhost")
+        # Each call waits a network round trip: keep several in flight.
+        self._workers = max(WORKERS, in_flight) if where else WORKERS
 
     @classmethod
     def connect(
@@ -133,26 +142,28 @@ class LibvirtHost:
         write: bool = False,
         read_only: bool = False,
         host: str | None = None,
+        in_flight: int = REMOTE_WORKERS,
     ) -> LibvirtHost:
         """Open ``uri`` read-write. Unless ``write`` is required, fall back to a read-only
         connection when read-write fails (no access to the read-write socket, polkit);
         ``read_only`` asks for a read-only connection straight away. ``host`` names the
-        host (else libvirt's name for it)."""
+        host (else libvirt's name for it); ``in_flight`` bounds the calls in flight at once
+        on a networked connection."""
         name = uri or "the default libvirt URI"
         if read_only:
             try:
-                return cls(libvirt.openReadOnly(uri), True, "--read-only", host)
+                return cls(libvirt.openReadOnly(uri), True, "--read-only", host, in_flight)
             except libvirt.libvirtError as exc:
                 raise ConnectError(f"cannot connect to {name}: {_msg(exc)}") from exc
         try:
-            return cls(libvirt.open(uri), read_only=False, name=host)
+            return cls(libvirt.open(uri), False, "", host, in_flight)
         except libvirt.libvirtError as exc:
             rw_error = exc
         hint = "check the URI, that libvirtd runs there, and your access rights"
         if write:
             raise ConnectError(f"cannot connect to {name} read-write: {_msg(rw_error)}", hint)
         try:
-            return cls(libvirt.openReadOnly(uri), True, _msg(rw_error), host)
+            return cls(libvirt.openReadOnly(uri), True, _msg(rw_error), host, in_flight)
         except libvirt.libvirtError:
             raise ConnectError(f"cannot connect to {name}: {_msg(rw_error)}", hint) from rw_error
 
@@ -172,9 +183,11 @@ class LibvirtHost:
         return Skip(self.host, kind, name, reason, vanished=gone)
 
     def _parallel(self, fn: Callable[[Any], T], items: list[Any]) -> list[T]:
-        if len(items) < 2 * WORKERS:
+        """``fn`` of each item, in order: several calls in flight (more on a remote host,
+        where each waits a round trip), one at a time when there are few."""
+        if len(items) < (2 if self._workers > WORKERS else 2 * WORKERS):
             return [fn(i) for i in items]
-        with ThreadPoolExecutor(max_workers=WORKERS) as ex:
+        with ThreadPoolExecutor(max_workers=min(self._workers, len(items))) as ex:
             return list(ex.map(fn, items))
 
     # ---- inventory ------------------------------------------------------------------------
@@ -184,17 +197,18 @@ class LibvirtHost:
     ) -> tuple[list[Pool], list[Skip]]:
         """All pools (or those of ``names`` that exist), active and inactive; active ones
         refreshed first when ``refresh``."""
-        skips: list[Skip] = []
-        pools: list[Pool] = []
-        for handle in self._pool_handles(names):
-            name = handle.name()
+        flags = _pool_flags(self._conn)
+
+        def one(handle: libvirt.virStoragePool) -> Pool | Skip:
             try:
-                if refresh and handle.isActive():
+                if refresh and handle.name() in flags["active"]:
                     self._refresh(handle)
-                pools.append(self._pool(handle))
+                return self._pool(handle, flags)
             except libvirt.libvirtError as exc:
-                skips.append(self._skip("pool", name, exc))
-        return pools, skips
+                return self._skip("pool", handle.name(), exc)
+
+        found = self._parallel(one, self._pool_handles(names))
+        return [p for p in found if isinstance(p, Pool)], [s for s in found if isinstance(s, Skip)]
 
     def _pool_handles(self, names: Collection[str] | None) -> list[libvirt.virStoragePool]:
         if names is None:
@@ -219,7 +233,7 @@ class LibvirtHost:
                     raise
                 time.sleep(0.5 * (attempt + 1))
 
-    def _pool(self, handle: libvirt.virStoragePool) -> Pool:
+    def _pool(self, handle: libvirt.virStoragePool, flags: dict[str, set[str]]) -> Pool:
         root = _xml(handle.XMLDesc(0))
         state, capacity, allocation, available = handle.info()
         active = state == libvirt.VIR_STORAGE_POOL_RUNNING
@@ -229,8 +243,8 @@ class LibvirtHost:
             uuid=handle.UUIDString(),
             type=root.get("type", ""),
             state=POOL_STATES.get(state, str(state)),
-            persistent=bool(handle.isPersistent()),
-            autostart=bool(handle.autostart()),
+            persistent=handle.name() in flags["persistent"],
+            autostart=handle.name() in flags["autostart"],
             target_path=_text(root.find("target/path")) or "",
             capacity=capacity if active else None,
             allocation=allocation if active else None,
@@ -289,10 +303,12 @@ class LibvirtHost:
             libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING,
         )
 
+        flags = _domain_flags(self._conn)
+
         def one(item: tuple[libvirt.virDomain, dict[str, Any]]) -> Domain | Skip:
             dom, st = item
             try:
-                return self._domain(dom, st)
+                return self._domain(dom, st, flags)
             except libvirt.libvirtError as exc:
                 return self._skip("domain", dom.name(), exc)
 
@@ -302,7 +318,9 @@ class LibvirtHost:
             (skips if isinstance(res, Skip) else domains).append(res)  # type: ignore[arg-type]
         return domains, skips
 
-    def _domain(self, dom: libvirt.virDomain, st: dict[str, Any]) -> Domain:
+    def _domain(
+        self, dom: libvirt.virDomain, st: dict[str, Any], flags: dict[str, set[str]]
+    ) -> Domain:
         state_code = st.get("state.state")
         if state_code is None:
             state_code = dom.state()[0]
@@ -318,9 +336,9 @@ class LibvirtHost:
             name=dom.name(),
             uuid=dom.UUIDString(),
             state=state,
-            persistent=bool(dom.isPersistent()),
+            persistent=dom.UUIDString() in flags["persistent"],
             disks=disks,
-            autostart=bool(dom.autostart()) if dom.isPersistent() else False,
+            autostart=dom.UUIDString() in flags["autostart"],
         )
 
     # ---- managed operations ---------------------------------------------------------------
@@ -796,6 +814,30 @@ class _Ours:
         inode = list(self.inode) if self.inode else None
         return {"volume": f"{self.pool}/{self.name}", "key": self.key, "path": self.path,
                 "inode": inode}  # fmt: skip
+
+
+def _pool_flags(conn: libvirt.virConnect) -> dict[str, set[str]]:
+    """The names of the active, persistent and autostarted pools: three calls in all, not
+    three per pool."""
+    return {
+        what: {p.name() for p in conn.listAllStoragePools(flag)}
+        for what, flag in (
+            ("active", libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE),
+            ("persistent", libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_PERSISTENT),
+            ("autostart", libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_AUTOSTART),
+        )
+    }
+
+
+def _domain_flags(conn: libvirt.virConnect) -> dict[str, set[str]]:
+    """The UUIDs of the persistent and of the autostarted domains (two calls in all)."""
+    return {
+        what: {d.UUIDString() for d in conn.listAllDomains(flag)}
+        for what, flag in (
+            ("persistent", libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT),
+            ("autostart", libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART),
+        )
+    }
 
 
 def _block_sizes(st: dict[str, Any], running: bool) -> dict[str, tuple[int | None, int | None]]:

@@ -59,8 +59,12 @@ class App:
         """A connection for reading: read-write if allowed (to refresh pools), else read-only.
         On this machine, volume reads reuse libvirt's figures of files unchanged since."""
         from auditor.adapters.libvirt import LibvirtHost
+        from auditor.collect import Budget
 
-        host = LibvirtHost.connect(target.uri, read_only=self.read_only, host=target.name)
+        share = (self.budget or Budget()).calls_per_host(len(self.targets))
+        host = LibvirtHost.connect(
+            target.uri, read_only=self.read_only, host=target.name, in_flight=share
+        )
         return Reusing(host, self.state) if self.reuse and host.local else host
 
     def collect(self, *, refresh: bool = True, targets: list[Target] | None = None) -> Inventory:
