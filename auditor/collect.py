@@ -44,6 +44,13 @@ class Budget:
     timeout: float = 300.0  # seconds from the start of a host's connect to its last figure
     connect_timeout: float = 20.0  # seconds for its connection to open
 
+    IN_FLIGHT = 256  # libvirt calls in flight at once over the run's networked connections
+
+    def calls_per_host(self, hosts: int) -> int:
+        """A networked host's share of ``IN_FLIGHT``: many for one host, fewer when many
+        hosts are read at once (more threads would only contend for the interpreter)."""
+        return max(4, min(64, self.IN_FLIGHT // max(1, min(self.jobs, hosts))))
+
 
 @dataclass(frozen=True)
 class FleetProgress:
@@ -114,7 +121,7 @@ def collect(
     for r in results:
         if isinstance(r, BaseException):
             raise r
-    hosts = tuple(r for r in results if isinstance(r, HostInventory))
+    hosts = _distinct([r for r in results if isinstance(r, HostInventory)])
     skips = tuple(r for r in results if isinstance(r, Skip))
     if not hosts:
         if len(skips) == 1:
@@ -125,6 +132,32 @@ def collect(
         )
     labels = tuple((t.name, t.labels) for t in targets if t.name and t.labels)
     return Inventory(hosts=hosts, skips=skips, labels=labels)
+
+
+def _distinct(hosts: list[HostInventory]) -> tuple[HostInventory, ...]:
+    """The hosts, those that report the same name from different URIs (clones; every
+    test-driver URI) renamed to their URI, so that their pools and disks never mix."""
+    uris: dict[str, set[str]] = {}
+    for h in hosts:
+        uris.setdefault(h.host, set()).add(h.uri)
+    clash = {name for name, seen in uris.items() if len(seen) > 1}
+    return tuple(_renamed(h, h.uri) if h.host in clash else h for h in hosts)
+
+
+def _renamed(h: HostInventory, name: str) -> HostInventory:
+    note = (
+        f"{h.uri}: named by its URI, not {h.host!r}: another host reports that name too "
+        "(give each host a name in a hosts file, --hosts)"
+    )
+    return replace(
+        h,
+        host=name,
+        pools=tuple(replace(p, host=name) for p in h.pools),
+        disks=tuple(replace(d, host=name) for d in h.disks),
+        domains=tuple(replace(d, host=name) for d in h.domains),
+        skips=tuple(replace(s, host=name) for s in h.skips),
+        notices=(*h.notices, note),
+    )
 
 
 def _skip_or_raise(target: Target, exc: AuditorError, hosts: int) -> Skip | AuditorError:

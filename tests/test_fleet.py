@@ -24,6 +24,7 @@ import testbed
 from clirun import REPO, auditor
 from test_metrics import one, pick, promtool_metrics, samples
 
+from auditor.collect import Budget
 from auditor.errors import ConfigError
 from auditor.hosts import parse_hosts
 from auditor.models import Target
@@ -291,3 +292,23 @@ def test_an_unreachable_host_keeps_its_labels_in_the_report(tmp_path: Path, stal
     page = (out / "report.html").read_text()
     group = page.index('<span class="gname">site=zrh</span>')
     assert page.index('<span class="hname">gone</span>', group) > group
+
+
+def test_hosts_that_report_one_name_are_told_apart_by_their_uris(tmp_path: Path) -> None:
+    """Two test-driver URIs both report this machine's name: without a hosts file their
+    pools would merge; each is named by its URI instead, and a notice says why."""
+    a, b = drivers(tmp_path, 2)
+    ran = auditor("-c", a, "-c", b, "pools", "-f", "json")
+    assert ran.code == 0, ran.err
+    rows = {(p["host"], p["pool"]): p["volumes"] for p in ran.json()["pools"]}
+    assert rows[a, "backups"] == rows[b, "backups"] == 2
+    assert {h for h, _ in rows} == {a, b}
+    assert ran.err.count("another host reports that name too") == 2
+
+
+def test_a_networked_hosts_share_of_calls_in_flight() -> None:
+    """Many calls in flight for one remote host; fewer per host when many run at once."""
+    assert Budget(jobs=32).calls_per_host(1) == 64
+    assert Budget(jobs=32).calls_per_host(300) == 8
+    assert Budget(jobs=8).calls_per_host(300) == 32
+    assert Budget(jobs=1000).calls_per_host(1000) == 4
