@@ -502,7 +502,7 @@ def _fs_space(fs: FsInfo | None) -> tuple[Space, tuple[str, ...]]:
 
 def summarize_pools(host: HostInventory, reports: list[DiskReport]) -> list[PoolSummary]:
     """One summary per pool, per group of pools sharing a filesystem, and per filesystem
-    holding unmanaged disks."""
+    holding unmanaged disks (``reports`` may hold other hosts' disks: they are left out)."""
     mine = [r for r in reports if r.disk.host == host.host]
     by_pool: dict[str, list[DiskReport]] = defaultdict(list)
     for r in mine:
@@ -555,7 +555,10 @@ def require_pool(summary: Summary, pool: str | None) -> None:
 def analyze(inventory: Inventory, now: datetime | None = None) -> Summary:
     """Classify every disk and summarise every pool of every host."""
     reports = report_disks(inventory)
-    pools = [s for h in inventory.hosts for s in summarize_pools(h, reports)]
+    by_host: dict[str, list[DiskReport]] = defaultdict(list)
+    for r in reports:
+        by_host[r.disk.host].append(r)
+    pools = [s for h in inventory.hosts for s in summarize_pools(h, by_host[h.host])]
     collected = min((h.collected_at for h in inventory.hosts), default=now or datetime.now(UTC))
     return Summary(
         collected_at=collected,
