@@ -423,14 +423,14 @@ FleetResults = dict[tuple[str, str, int], Run]  # (transport, command, jobs) -> 
 def fleet(
     args: argparse.Namespace, fl: Fleet, files: list[Path], lb: Loopback, env: dict[str, str]
 ) -> FleetResults:
-    """Part 1: every test host plus the local libvirtd, at each --jobs, both transports."""
-    port = lb.proxy(DELAY)
-    transports = {
-        "in-process": [Host(f"h{i:03d}", f"test://{f}") for i, f in enumerate(files)],
-        "libvirtd, 2 ms proxy": [
+    """Part 1: every test host plus the local libvirtd, at each --jobs, in-process and
+    through libvirtd behind the proxy at each of ``--fleet-delays``."""
+    transports = {"in-process": [Host(f"h{i:03d}", f"test://{f}") for i, f in enumerate(files)]}
+    for ms in args.fleet_delays:
+        port = lb.proxy(ms / 1000)
+        transports[transport_name(ms)] = [
             Host(f"h{i:03d}", f"test+tcp://127.0.0.1:{port}{f}") for i, f in enumerate(files)
-        ],
-    }
+        ]
     results: FleetResults = {}
     for transport, hosts in transports.items():
         hosts = [*hosts, Host("local", LOCAL)]
@@ -528,11 +528,17 @@ def stalled(
 # --- the tables --------------------------------------------------------------------------
 
 
+def transport_name(ms: float) -> str:
+    return f"libvirtd, {ms:g} ms proxy"
+
+
 def mb(run: Run) -> str:
     return f"{run.rss / 1e6:.0f} MB"
 
 
-def show_fleet(results: FleetResults, fl: Fleet, hosts: int, volumes: int) -> None:
+def show_fleet(
+    results: FleetResults, fl: Fleet, hosts: int, volumes: int, delays: list[float]
+) -> None:
     jobs = fl.jobs
     print(f"\n1. {hosts} test hosts x {volumes} volumes + {LOCAL}, `auditor --hosts F --jobs J "
           "CMD -f json` (median s, peak RSS)")  # fmt: skip
@@ -540,7 +546,7 @@ def show_fleet(results: FleetResults, fl: Fleet, hosts: int, volumes: int) -> No
         print("   (no --hosts in this auditor: repeated --connect, 8 threads; no speed-up shown)")
     head = "".join(f"{'jobs=' + str(j):>17}" for j in jobs)
     print(f"{'':32}{head}{'32 vs 1':>10}  goal   CPU s at jobs={jobs[-1]}")
-    for transport in ("in-process", "libvirtd, 2 ms proxy"):
+    for transport in ("in-process", *map(transport_name, delays)):
         for command in ("pools", "volumes"):
             runs = [results[transport, command, j] for j in jobs]
             cells = "".join(f"{r.secs:9.2f} s {mb(r):>6}" for r in runs)
@@ -605,6 +611,9 @@ def main() -> None:
     ap.add_argument("--only", choices=("fleet", "remote", "stalled"), action="append",
                     help="only these parts (repeatable)")  # fmt: skip
     ap.add_argument("--limit", type=float, default=60.0, help="kill a stalled run after this")
+    ap.add_argument("--fleet-delays", type=lambda t: [float(x) for x in t.split(",")],
+                    default=[DELAY * 1000], metavar="MS,MS",
+                    help="part 1: proxy delays each way, ms (2,20: and a WAN)")  # fmt: skip
     ap.add_argument("--auditor", default=str(VENV_BIN / "auditor"), help="the auditor command")
     args = ap.parse_args()
     if args.quick:
@@ -636,7 +645,7 @@ def main() -> None:
             print("3. stalled host", flush=True)
             stalled_results = stalled(args, fl, files, lb, env)
     if fleet_results:
-        show_fleet(fleet_results, fl, args.hosts, 4 * args.per_pool)
+        show_fleet(fleet_results, fl, args.hosts, 4 * args.per_pool, args.fleet_delays)
     if remote_results:
         show_remote(remote_results, args.volumes)
     if stalled_results:
