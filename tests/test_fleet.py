@@ -6,6 +6,7 @@ and never answers (a stalled host) and one where nothing listens (a host that is
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -15,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +56,37 @@ def refused() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"qemu+tcp://127.0.0.1:{port}/system"
+
+
+class Freezing:
+    """A loopback TCP proxy to libvirtd's socket that forwards the first ``after`` chunks the
+    client sends, then nothing more in either direction: a host that stalls mid-collection."""
+
+    SOCKET = "/var/run/libvirt/libvirt-sock"
+
+    def __init__(self, after: int) -> None:
+        self.after, self.sent = after, 0
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.server.accept()
+                daemon = socket.socket(socket.AF_UNIX)
+                daemon.connect(self.SOCKET)
+                for a, b, up in ((client, daemon, True), (daemon, client, False)):
+                    threading.Thread(target=self._pipe, args=(a, b, up), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, up: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                self.sent += up
+                if self.sent <= self.after:
+                    b.sendall(data)
 
 
 def drivers(tmp_path: Path, n: int) -> list[str]:
@@ -312,3 +345,38 @@ def test_a_networked_hosts_share_of_calls_in_flight() -> None:
     assert Budget(jobs=32).calls_per_host(300) == 8
     assert Budget(jobs=8).calls_per_host(300) == 32
     assert Budget(jobs=1000).calls_per_host(1000) == 4
+
+
+def test_a_host_that_stalls_mid_collection_is_given_up_and_the_run_exits(
+    libvirtd: None, tmp_path: Path
+) -> None:
+    """The host answers its connect and its first calls, then nothing (a collection of 200
+    volumes needs ~150 client chunks; this one stops at 40, among the volume reads run in
+    threads): skipped at --timeout, and the process exits at once, not waiting on the calls
+    still in flight."""
+    (a,) = drivers(tmp_path, 1)
+    proxy = Freezing(after=40)
+    big = tmp_path / "big.xml"
+    big.write_text(fleet_xml())
+    frozen = f"test+tcp://127.0.0.1:{proxy.port}{big}"
+    hosts = write(tmp_path, host("ok", a), host("frozen", frozen))
+    started = time.monotonic()
+    ran = auditor("--hosts", hosts, "--timeout", "3", "volumes", timeout=60)
+    assert time.monotonic() - started < 3 + 3
+    assert ran.code == 1, ran.err
+    assert "on frozen: collection not done within 3 s (--timeout)" in ran.err
+    assert proxy.sent > 40  # it did stall after connecting
+
+
+def fleet_xml(pools: int = 4, per_pool: int = 50) -> str:
+    """A test-driver host of ``pools`` x ``per_pool`` volumes."""
+    body = ""
+    for p in range(pools):
+        vols = "".join(
+            f"<volume><name>v{v}.qcow2</name><capacity>{(v + 1) << 30}</capacity>"
+            f"<allocation>{(v + 1) << 20}</allocation></volume>"
+            for v in range(per_pool)
+        )
+        target = f"<target><path>/p{p}</path></target>"
+        body += f"<pool type='dir'><name>p{p}</name>{target}{vols}</pool>"
+    return f"<node>{body}</node>"

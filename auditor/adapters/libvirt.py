@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -187,8 +187,7 @@ class LibvirtHost:
         where each waits a round trip), one at a time when there are few."""
         if len(items) < (2 if self._workers > WORKERS else 2 * WORKERS):
             return [fn(i) for i in items]
-        with ThreadPoolExecutor(max_workers=min(self._workers, len(items))) as ex:
-            return list(ex.map(fn, items))
+        return _in_threads(fn, items, min(self._workers, len(items)))
 
     # ---- inventory ------------------------------------------------------------------------
 
@@ -814,6 +813,35 @@ class _Ours:
         inode = list(self.inode) if self.inode else None
         return {"volume": f"{self.pool}/{self.name}", "key": self.key, "path": self.path,
                 "inode": inode}  # fmt: skip
+
+
+def _in_threads(fn: Callable[[Any], T], items: list[Any], workers: int) -> list[T]:
+    """``fn`` of each item, in order, in ``workers`` daemon threads: unlike an executor's,
+    they never hold up the exit of a run that gave up on a host stalled in a call."""
+    results: list[Any] = [None] * len(items)
+    todo = iter(enumerate(items))
+    lock = threading.Lock()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while not failed:
+            with lock:
+                nxt = next(todo, None)
+            if nxt is None:
+                return
+            try:
+                results[nxt[0]] = fn(nxt[1])
+            except BaseException as exc:  # raised in the caller's thread below
+                failed.append(exc)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failed:
+        raise failed[0]
+    return results
 
 
 def _pool_flags(conn: libvirt.virConnect) -> dict[str, set[str]]:
