@@ -380,3 +380,17 @@ def fleet_xml(pools: int = 4, per_pool: int = 50) -> str:
         target = f"<target><path>/p{p}</path></target>"
         body += f"<pool type='dir'><name>p{p}</name>{target}{vols}</pool>"
     return f"<node>{body}</node>"
+
+
+def test_label_columns_in_the_table_by_name_sort_and_wide(tmp_path: Path) -> None:
+    a, b = drivers(tmp_path, 2)
+    hosts = write(tmp_path, host("kvm-a", a, 'site = "ams"'), host("kvm-b", b, 'site = "fra"'))
+    ran = auditor("--hosts", hosts, "pools", "--columns", "host,label_site,pool", "--sort",
+                  "label_site", "-r")  # fmt: skip
+    assert ran.code == 0, ran.err
+    lines = ran.out.splitlines()
+    assert lines[0].split() == ["host", "label_site", "pool"]
+    assert lines[2].split()[:2] == ["kvm-b", "fra"] and lines[-1].split()[:2] == ["kvm-a", "ams"]
+    wide = auditor("--hosts", hosts, "volumes", "--wide").out.splitlines()
+    assert wide[0].split()[:3] == ["host", "label_site", "pool"]
+    assert auditor("--hosts", hosts, "pools", "--columns", "host,labelsite").code == 2

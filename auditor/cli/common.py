@@ -310,8 +310,15 @@ def _view(
     known: Sequence[str], columns: str | None, wide: bool, sort: str | None, reverse: bool,
     fmt: str,
 ) -> View:  # fmt: skip
+    from auditor.models import LABEL_PREFIX
     from auditor.report import table
 
+    if "host" in known:  # rows of hosts carry a label_KEY column per host label
+        named = [*(columns or "").split(","), sort or ""]
+        known = [
+            *known,
+            *dict.fromkeys(n.strip() for n in named if n.strip().startswith(LABEL_PREFIX)),
+        ]
     if fmt != "table" and columns:
         raise click.UsageError("--columns shapes the table: csv and json hold every column")
     try:
@@ -350,6 +357,7 @@ def emit(
     csv and json hold ``columns``; the table shows the view's columns, else ``shown`` (else
     ``columns``), with the table-only values of ``extra`` (one dict per row), shortened to
     the terminal's width unless ``--wide``. A view's sort orders the rows in every format."""
+    from auditor.models import LABEL_PREFIX
     from auditor.report import table
     from auditor.report.rows import SKIP_COLUMNS, skip_row, with_label_columns
 
@@ -373,7 +381,12 @@ def emit(
         click.echo(table.csv_text(rows, columns), nl=False)
     else:
         width = None if view.wide else terminal_width()
-        click.echo(table.render(full, list(view.columns or shown or columns), width))
+        cols = list(view.columns or shown or columns)
+        labels = [c for c in columns if c.startswith(LABEL_PREFIX)]
+        if view.wide and "host" in cols and not set(labels) & set(cols):  # every column
+            at = cols.index("host") + 1
+            cols[at:at] = labels
+        click.echo(table.render(full, cols, width))
         if skips:
             click.echo(f"\nSkipped ({len(skips)}):")
             click.echo(table.render(skips, SKIP_COLUMNS, width))
