@@ -394,3 +394,16 @@ def test_label_columns_in_the_table_by_name_sort_and_wide(tmp_path: Path) -> Non
     wide = auditor("--hosts", hosts, "volumes", "--wide").out.splitlines()
     assert wide[0].split()[:3] == ["host", "label_site", "pool"]
     assert auditor("--hosts", hosts, "pools", "--columns", "host,labelsite").code == 2
+
+
+def test_pool_and_vol_commands_take_a_hosts_file_of_one_host_under_its_name(
+    tmp_path: Path,
+) -> None:
+    a, b = drivers(tmp_path, 2)
+    one = write(tmp_path, host("kvm-a", a, 'site = "ams"'))
+    ran = auditor("--hosts", one, "pool", "info", "images", "--format", "json")
+    assert ran.code == 0, ran.err
+    assert '"kvm-a"' in ran.out
+    two = write(tmp_path, host("kvm-a", a), host("kvm-b", b))
+    ran = auditor("--hosts", two, "pool", "info", "images")
+    assert ran.code == 2 and "act on one host" in ran.err

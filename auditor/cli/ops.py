@@ -65,14 +65,17 @@ def _context(
     """A connection to the one host (read-write unless only reading), the policy, and what the
     audit sees now. ``act``: this run will change the host, so it holds the host's lock (from
     planning to the end) and journals what it does."""
-    if len(app.uris) > 1:
-        raise click.UsageError("pool and vol commands act on one host: give one --connect")
+    if len(app.targets) > 1:
+        raise click.UsageError(
+            "pool and vol commands act on one host: give one --connect (or a hosts file of one)"
+        )
+    target = app.targets[0]
     if write and app.read_only:
         raise click.UsageError("--read-only: this command needs a read-write connection")
     policy = load(policy_path)
     with ExitStack() as stack:
         host = stack.enter_context(
-            LibvirtHost.connect(app.uris[0], write=write, read_only=app.read_only)
+            LibvirtHost.connect(target.uri, write=write, read_only=app.read_only, host=target.name)
         )
         journal = None
         if act:
