@@ -190,12 +190,8 @@ def _run(
             running.add(job)
             threading.Thread(target=run, args=(job,), daemon=True, name=job.target.label).start()
         wake = min(j.deadline(budget) for j in running) - time.monotonic()
-        try:
-            job, result = done.get(timeout=max(0.0, min(wake, 0.2 if progress else wake)))
-        except queue.Empty:
-            pass
-        else:
-            if job in running:
+        for job, result in _arrived(done, max(0.0, min(wake, 0.2 if progress else wake))):
+            if job in running:  # not given up meanwhile
                 running.discard(job)
                 results[job] = result
         now = time.monotonic()
@@ -205,6 +201,20 @@ def _run(
         if progress is not None:
             progress(_state(len(jobs), len(results), running, len(waiting), now))
     return [results[j] for j in jobs]
+
+
+def _arrived(
+    done: queue.SimpleQueue[tuple[_Job, Result]], wait: float
+) -> list[tuple[_Job, Result]]:
+    """The results that arrive within ``wait`` seconds, and every one queued with them:
+    none is left waiting while its job's deadline is checked."""
+    try:
+        found = [done.get(timeout=wait)]
+    except queue.Empty:
+        return []
+    while not done.empty():
+        found.append(done.get_nowait())
+    return found
 
 
 def _state(total: int, done: int, running: set[_Job], waiting: int, now: float) -> FleetProgress:
