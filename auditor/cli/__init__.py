@@ -10,7 +10,7 @@ import importlib
 import os
 import sys
 from collections.abc import MutableMapping
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 # libvirt reads its log settings once, when it is loaded, and by default prints its own
 # warnings on stderr (e.g. three lines on a host whose own name does not resolve). Errors
@@ -28,7 +28,9 @@ from auditor.adapters import signals
 from auditor.cli.common import POOL, POOL_VOLUME, VOLUME, App
 from auditor.errors import EXIT_ERROR, AuditorError, Interrupted
 from auditor.journal import DEFAULT_STATE
-from auditor.models import Target
+
+if TYPE_CHECKING:
+    from auditor.models import Target
 
 # Every command: name -> (its module, the first sentence of its help, as `auditor --help`
 # lists it without importing the module; tests/test_cli_tables.py checks the sentences).
@@ -210,6 +212,8 @@ def cli(
 def _targets(ctx: click.Context, uris: tuple[str, ...], hosts_file: str | None) -> list[Target]:
     """The hosts to read: --connect's URIs, else the hosts file's, else libvirt's default."""
     from click.core import ParameterSource
+
+    from auditor.models import Target
 
     if uris and hosts_file:
         if ctx.get_parameter_source("hosts_file") is ParameterSource.ENVIRONMENT:
