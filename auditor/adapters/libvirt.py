@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Collection, Iterator
@@ -49,6 +48,7 @@ from auditor.models import (
     VolumeSpec,
     WipeVolume,
 )
+from auditor.threads import in_threads
 
 T = TypeVar("T")
 Made = Callable[[dict[str, Any]], None]  # hears of what a run created
@@ -187,7 +187,7 @@ class LibvirtHost:
         where each waits a round trip), one at a time when there are few."""
         if len(items) < (2 if self._workers > WORKERS else 2 * WORKERS):
             return [fn(i) for i in items]
-        return _in_threads(fn, items, min(self._workers, len(items)))
+        return in_threads(fn, items, min(self._workers, len(items)))
 
     # ---- inventory ------------------------------------------------------------------------
 
@@ -196,7 +196,9 @@ class LibvirtHost:
     ) -> tuple[list[Pool], list[Skip]]:
         """All pools (or those of ``names`` that exist), active and inactive; active ones
         refreshed first when ``refresh``."""
-        flags = _pool_flags(self._conn)
+        with _translate(f"{self.uri}: listing the pools"):
+            handles = self._pool_handles(names)  # first: a pool made after is not seen
+            flags = _pool_flags(self._conn)
 
         def one(handle: libvirt.virStoragePool) -> Pool | Skip:
             try:
@@ -206,7 +208,7 @@ class LibvirtHost:
             except libvirt.libvirtError as exc:
                 return self._skip("pool", handle.name(), exc)
 
-        found = self._parallel(one, self._pool_handles(names))
+        found = self._parallel(one, handles)
         return [p for p in found if isinstance(p, Pool)], [s for s in found if isinstance(s, Skip)]
 
     def _pool_handles(self, names: Collection[str] | None) -> list[libvirt.virStoragePool]:
@@ -297,12 +299,12 @@ class LibvirtHost:
 
     def read_domains(self) -> tuple[list[Domain], list[Skip]]:
         """All domains with their disks: bulk stats for state and sizes, then each XML."""
-        stats = self._conn.getAllDomainStats(
-            libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK,
-            libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING,
-        )
-
-        flags = _domain_flags(self._conn)
+        with _translate(f"{self.uri}: listing the domains"):
+            stats = self._conn.getAllDomainStats(
+                libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_BLOCK,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_BACKING,
+            )
+            flags = _domain_flags(self._conn)
 
         def one(item: tuple[libvirt.virDomain, dict[str, Any]]) -> Domain | Skip:
             dom, st = item
@@ -660,18 +662,17 @@ class LibvirtHost:
         self, pools: list[Pool]
     ) -> tuple[list[tuple[Pool, libvirt.virStorageVol]], list[Skip]]:
         """(pool, volume handle) of every volume of the active ``pools``: one RPC per pool."""
-        skips: list[Skip] = []
-        handles: list[tuple[Pool, libvirt.virStorageVol]] = []
-        for pool in pools:
-            if not pool.active:
-                continue
+
+        def one(pool: Pool) -> list[tuple[Pool, libvirt.virStorageVol]] | Skip:
             try:
                 vols = self._conn.storagePoolLookupByName(pool.name).listAllVolumes(0)
             except libvirt.libvirtError as exc:
-                skips.append(self._skip("pool", pool.name, exc))
-                continue
-            handles.extend((pool, v) for v in vols)
-        return handles, skips
+                return self._skip("pool", pool.name, exc)
+            return [(pool, v) for v in vols]
+
+        found = self._parallel(one, [p for p in pools if p.active])
+        skips = [f for f in found if isinstance(f, Skip)]
+        return [h for f in found if not isinstance(f, Skip) for h in f], skips
 
     @classmethod
     def _fingerprint(cls, path: str, refreshed_at: int) -> tuple[list[Any], os.stat_result] | None:
@@ -813,35 +814,6 @@ class _Ours:
         inode = list(self.inode) if self.inode else None
         return {"volume": f"{self.pool}/{self.name}", "key": self.key, "path": self.path,
                 "inode": inode}  # fmt: skip
-
-
-def _in_threads(fn: Callable[[Any], T], items: list[Any], workers: int) -> list[T]:
-    """``fn`` of each item, in order, in ``workers`` daemon threads: unlike an executor's,
-    they never hold up the exit of a run that gave up on a host stalled in a call."""
-    results: list[Any] = [None] * len(items)
-    todo = iter(enumerate(items))
-    lock = threading.Lock()
-    failed: list[BaseException] = []
-
-    def work() -> None:
-        while not failed:
-            with lock:
-                nxt = next(todo, None)
-            if nxt is None:
-                return
-            try:
-                results[nxt[0]] = fn(nxt[1])
-            except BaseException as exc:  # raised in the caller's thread below
-                failed.append(exc)
-
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failed:
-        raise failed[0]
-    return results
 
 
 def _pool_flags(conn: libvirt.virConnect) -> dict[str, set[str]]:

@@ -20,12 +20,12 @@ import math
 import os
 import signal
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal, TypeVar
 
 from auditor.adapters.run import Limits, Result, run
 from auditor.errors import AuditorError, CommandError, ImageError
 from auditor.models import CheckResult, ImageInfo, Measure, Repair
+from auditor.threads import in_threads
 
 T = TypeVar("T")
 Preallocation = Literal["off", "metadata", "falloc", "full"]
@@ -121,8 +121,7 @@ def _many(
         except AuditorError as exc:
             return pair[0], exc
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(one, pairs)
+    yield from in_threads(one, pairs, workers)
 
 
 def info_many(
