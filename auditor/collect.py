@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import ClassVar
 
 from auditor.errors import AuditorError, ConnectError
 from auditor.interfaces import HostSource, ImageReader, LocalFs
@@ -71,16 +72,23 @@ class _Job:
         self.target = target
         self.phase = "connecting"
         self.started = 0.0
+        self.thread: threading.Thread | None = None
+        self.abandoned = False  # given up: a connect that returns late is closed at once
 
-    def deadline(self, budget: Budget) -> float:
+    def deadline(self, budget: Budget, phase: str | None = None) -> float:
         limit = budget.timeout
-        if self.phase == "connecting":
+        if (phase or self.phase) == "connecting":
             limit = min(limit, budget.connect_timeout)
         return self.started + limit
 
-    def expired(self, budget: Budget) -> Skip:
+    def expired(self, budget: Budget, now: float) -> Skip | None:
+        """The skip of a job past its deadline (None while it has time), told by the phase
+        it is in: read once, as another thread moves it on."""
+        phase = self.phase
+        if self.deadline(budget, phase) > now:
+            return None
         t = self.target
-        if self.phase == "connecting":
+        if phase == "connecting":
             limit = min(budget.timeout, budget.connect_timeout)
             why = f"no answer within {limit:g} s while connecting (--connect-timeout)"
         else:
@@ -106,12 +114,15 @@ def collect(
     def one(job: _Job) -> Result:
         try:
             source = connect(job.target)
-        except AuditorError as exc:
+        except Exception as exc:  # a bad host never stops a run of several
             return _skip_or_raise(job.target, exc, len(targets))
         job.phase = "collecting"
+        if job.abandoned:  # its result is no longer awaited
+            source.close()
+            return Skip(job.target.label, "host", job.target.uri or "default", "given up")
         try:
             found = collect_host(source, probes, refresh=refresh)
-        except AuditorError as exc:
+        except Exception as exc:
             return _skip_or_raise(job.target, exc, len(targets))
         finally:
             source.close()
@@ -121,7 +132,7 @@ def collect(
     for r in results:
         if isinstance(r, BaseException):
             raise r
-    hosts = _distinct([r for r in results if isinstance(r, HostInventory)])
+    hosts = distinct([r for r in results if isinstance(r, HostInventory)])
     skips = tuple(r for r in results if isinstance(r, Skip))
     if not hosts:
         if len(skips) == 1:
@@ -134,7 +145,7 @@ def collect(
     return Inventory(hosts=hosts, skips=skips, labels=labels)
 
 
-def _distinct(hosts: list[HostInventory]) -> tuple[HostInventory, ...]:
+def distinct(hosts: list[HostInventory]) -> tuple[HostInventory, ...]:
     """The hosts, those that report the same name from different URIs (clones; every
     test-driver URI) renamed to their URI, so that their pools and disks never mix."""
     uris: dict[str, set[str]] = {}
@@ -160,9 +171,15 @@ def _renamed(h: HostInventory, name: str) -> HostInventory:
     )
 
 
-def _skip_or_raise(target: Target, exc: AuditorError, hosts: int) -> Skip | AuditorError:
-    """A host's failure: a skip among several hosts, the error itself for a single host."""
-    return exc if hosts == 1 else Skip(target.label, "host", target.uri or "default", str(exc))
+def _skip_or_raise(target: Target, exc: Exception, hosts: int) -> Skip | Exception:
+    """A host's failure: a skip among several hosts (an internal error named as one), the
+    error itself for a single host."""
+    if hosts == 1:
+        return exc
+    why = str(exc)
+    if not isinstance(exc, AuditorError):
+        why = f"internal error: {type(exc).__name__}: {exc} (rerun with --debug)"
+    return Skip(target.label, "host", target.uri or "default", why)
 
 
 def _run(
@@ -187,20 +204,58 @@ def _run(
         while waiting and len(running) < max(1, budget.jobs):
             job = waiting.pop()
             job.started = time.monotonic()
+            still = _Stalled.earlier(job.target)
+            if still is not None:
+                results[job] = still
+                continue
             running.add(job)
-            threading.Thread(target=run, args=(job,), daemon=True, name=job.target.label).start()
+            job.thread = threading.Thread(target=run, args=(job,), daemon=True,
+                                          name=job.target.label)  # fmt: skip
+            job.thread.start()
+        if not running:
+            break
         wake = min(j.deadline(budget) for j in running) - time.monotonic()
         for job, result in _arrived(done, max(0.0, min(wake, 0.2 if progress else wake))):
             if job in running:  # not given up meanwhile
                 running.discard(job)
                 results[job] = result
         now = time.monotonic()
-        for job in [j for j in running if j.deadline(budget) <= now]:
-            running.discard(job)
-            results[job] = job.expired(budget)
+        for job in list(running):
+            late = job.expired(budget, now)
+            if late is not None:
+                running.discard(job)
+                results[job] = late
+                _Stalled.left(job)
         if progress is not None:
             progress(_state(len(jobs), len(results), running, len(waiting), now))
     return [results[j] for j in jobs]
+
+
+class _Stalled:
+    """Hosts given up on whose thread has not returned yet (a call that never answers): the
+    next collection of one (``metrics --listen``) reports it at once, without a new thread
+    and connection each time."""
+
+    lock: ClassVar[threading.Lock] = threading.Lock()
+    jobs: ClassVar[dict[Target, tuple[_Job, float]]] = {}  # target -> its job, when given up
+
+    @classmethod
+    def left(cls, job: _Job) -> None:
+        job.abandoned = True
+        with cls.lock:
+            cls.jobs[job.target] = (job, time.time())
+
+    @classmethod
+    def earlier(cls, target: Target) -> Skip | None:
+        """A skip while the thread of an earlier collection of ``target`` is still stuck."""
+        with cls.lock:
+            found = cls.jobs.get(target)
+            if found is None or found[0].thread is None or not found[0].thread.is_alive():
+                cls.jobs.pop(target, None)
+                return None
+        since = datetime.fromtimestamp(found[1], UTC).isoformat(timespec="seconds")
+        why = f"still not answering: the connection given up at {since} has not returned"
+        return Skip(target.label, "host", target.uri or "default", why)
 
 
 def _arrived(
