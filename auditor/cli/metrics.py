@@ -6,8 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -17,12 +16,14 @@ import click
 from auditor.analyze import analyze
 from auditor.cli.common import App, policy_option, refresh_option
 from auditor.cli.reporting import HISTORY
+from auditor.collect import distinct
 from auditor.config import Config, load
 from auditor.errors import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, AuditorError
 from auditor.history import open_history
 from auditor.models import Finding, HostInventory, Inventory, Summary, Target
 from auditor.report import metrics as prom
 from auditor.report.metrics import HostLabels, HostStatus, PoolKey, Reading
+from auditor.threads import in_threads
 
 
 def host_labels(app: App) -> HostLabels:
@@ -50,14 +51,12 @@ class Reader:
         at = datetime.now(UTC)
         targets = self.app.targets
         jobs = self.app.budget.jobs if self.app.budget else len(targets)
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(targets)))) as ex:
-            read = list(ex.map(self._host, targets))
-        hosts = tuple(h for found, _ in read if found is not None for h in found.hosts)
+        read = in_threads(self._host, targets, min(jobs, len(targets)))  # a signal stops it
+        hosts = distinct([h for found, _ in read if found is not None for h in found.hosts])
+        names = {h.uri: h.host for h in hosts}  # two hosts of one name are told by their URIs
+        statuses = tuple(replace(st, host=names.get(st.uri, st.host)) for _, st in read)
         summary = analyze(Inventory(hosts=hosts)) if hosts else None
-        return Reading(
-            at, tuple(status for _, status in read), summary,
-            self._findings(summary), self._days_to_full(summary),
-        )  # fmt: skip
+        return Reading(at, statuses, summary, self._findings(summary), self._days_to_full(summary))
 
     def _host(self, target: Target) -> tuple[Inventory | None, HostStatus]:
         """One host, timed from connecting to its last read; unreachable or late: down."""
