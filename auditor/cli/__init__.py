@@ -215,15 +215,16 @@ def _targets(ctx: click.Context, uris: tuple[str, ...], hosts_file: str | None) 
 
     from auditor.models import Target
 
+    once = [Target(u) for u in dict.fromkeys(uris)]  # a URI given twice is read once
     if uris and hosts_file:
         if ctx.get_parameter_source("hosts_file") is ParameterSource.ENVIRONMENT:
-            return [Target(u) for u in uris]
+            return once
         raise click.UsageError("give --hosts or --connect, not both")
     if hosts_file:
         from auditor.hosts import load_hosts
 
         return list(load_hosts(hosts_file))
-    return [Target(u) for u in uris] or [Target(None)]
+    return once or [Target(None)]
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -10,14 +10,13 @@ import click
 
 from auditor import fix as fixes
 from auditor.adapters import fixer, qemu_img
-from auditor.adapters.libvirt import LibvirtHost
 from auditor.analyze import analyze
 from auditor.audit import Readers, audit, gather
 from auditor.cli.common import FORMATS, App, policy_option, warn
 from auditor.config import Config, load
 from auditor.errors import EXIT_OK, EXIT_PARTIAL
 from auditor.journal import Journal, host_lock
-from auditor.models import Finding, Severity, Summary
+from auditor.models import Finding, Severity, Summary, Target
 from auditor.ops import Context, View
 from auditor.report import table
 from auditor.report.rows import FINDING_COLUMNS, finding_doc, finding_row
@@ -47,7 +46,7 @@ def _fix_host(app: App, host_name: str, summary: Summary, facts: Facts, opts: di
     uri = next(h.uri for h in summary.inventory.hosts if h.host == host_name)
     journal = Journal(app.state)
     with ExitStack() as stack:
-        host = stack.enter_context(LibvirtHost.connect(uri, write=True, host=host_name))
+        host = stack.enter_context(app.open_host(Target(uri, host_name), write=True))
         if not opts["dry_run"]:
             stack.enter_context(host_lock(app.state, host.uri))
         ctx = Context(host, app.probes, facts.config, View(summary, host_name), journal)

@@ -67,6 +67,49 @@ class App:
         )
         return Reusing(host, self.state) if self.reuse and host.local else host
 
+    def open_host(
+        self, target: Target, *, write: bool = False, read_only: bool = False
+    ) -> LibvirtHost:
+        """``LibvirtHost.connect`` within --connect-timeout, in a daemon thread the main one
+        waits for (so a signal stops the wait); a host that does not answer is a ConnectError
+        and its connection, should it open later, is closed at once."""
+        import queue
+        import threading
+
+        from auditor.adapters.libvirt import LibvirtHost
+        from auditor.collect import Budget
+        from auditor.errors import ConnectError
+
+        done: queue.SimpleQueue[LibvirtHost | BaseException] = queue.SimpleQueue()
+        late = threading.Event()
+
+        def opening() -> None:
+            try:
+                host = LibvirtHost.connect(
+                    target.uri, write=write, read_only=read_only, host=target.name
+                )
+            except BaseException as exc:  # raised in the main thread
+                done.put(exc)
+                return
+            if late.is_set():
+                host.close()
+            done.put(host)
+
+        threading.Thread(target=opening, daemon=True).start()
+        limit = (self.budget or Budget()).connect_timeout
+        try:
+            found = done.get(timeout=limit)
+        except queue.Empty:
+            late.set()
+            raise ConnectError(
+                f"{target.uri or 'the default libvirt URI'}: no answer within {limit:g} s "
+                "while connecting (--connect-timeout)",
+                "check that libvirtd runs there and the network reaches it",
+            ) from None
+        if isinstance(found, BaseException):
+            raise found
+        return found
+
     def collect(self, *, refresh: bool = True, targets: list[Target] | None = None) -> Inventory:
         """Every host's inventory (or that of ``targets``), within the jobs and timeouts
         asked for; a progress line on a terminal when there are several hosts."""
@@ -275,6 +318,7 @@ class View:
     sort: str | None = None
     reverse: bool = False
     wide: bool = False  # every column (unless --columns), nothing shortened
+    every: bool = False  # the columns are every column (--wide without --columns)
 
 
 def view_options(known: Sequence[str]) -> Callable[[F], F]:
@@ -310,15 +354,12 @@ def _view(
     known: Sequence[str], columns: str | None, wide: bool, sort: str | None, reverse: bool,
     fmt: str,
 ) -> View:  # fmt: skip
-    from auditor.models import LABEL_PREFIX
     from auditor.report import table
 
-    if "host" in known:  # rows of hosts carry a label_KEY column per host label
-        named = [*(columns or "").split(","), sort or ""]
-        known = [
-            *known,
-            *dict.fromkeys(n.strip() for n in named if n.strip().startswith(LABEL_PREFIX)),
-        ]
+    if "host" in known:  # rows of hosts carry a label_KEY column per host label (checked
+        named = [*(columns or "").split(","), sort or ""]  # in emit, once they are known)
+        labels = [table.label_name(n) for n in named if table.label_name(n)]
+        known = [*known, *dict.fromkeys(n for n in labels if n)]
     if fmt != "table" and columns:
         raise click.UsageError("--columns shapes the table: csv and json hold every column")
     try:
@@ -329,9 +370,10 @@ def _view(
         key = table.resolve(sort, known) if sort else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--sort") from exc
-    if chosen is None and wide:
+    every = chosen is None and wide
+    if every:
         chosen = tuple(known)
-    return View(chosen, key, reverse, wide)
+    return View(chosen, key, reverse, wide, every)
 
 
 def terminal_width() -> int | None:
@@ -363,6 +405,14 @@ def emit(
 
     view = view or View()
     columns = with_label_columns(columns, summary) if "host" in columns else columns
+    asked = {c for c in (*(view.columns or ()), view.sort or "") if c.startswith(LABEL_PREFIX)}
+    if asked - set(columns):
+        known = ", ".join(c for c in columns if c.startswith(LABEL_PREFIX)) or "none"
+        raise click.BadParameter(
+            f"no host has the label of {sorted(asked - set(columns))[0]!r} (label columns: "
+            f"{known})",
+            param_hint="--columns/--sort",
+        )
     full = [r | x for r, x in zip(rows, extra, strict=True)] if extra else rows
     if view.sort:
         order = table.sort_rows(full, view.sort, view.reverse)
@@ -383,7 +433,7 @@ def emit(
         width = None if view.wide else terminal_width()
         cols = list(view.columns or shown or columns)
         labels = [c for c in columns if c.startswith(LABEL_PREFIX)]
-        if view.wide and "host" in cols and not set(labels) & set(cols):  # every column
+        if view.every and "host" in cols:
             at = cols.index("host") + 1
             cols[at:at] = labels
         click.echo(table.render(full, cols, width))

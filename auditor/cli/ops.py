@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 import click
 
 from auditor import ops
-from auditor.adapters.libvirt import LibvirtHost
 from auditor.cli.common import App, emit, format_option, group, policy_option
 from auditor.config import load
 from auditor.journal import Journal, host_lock
@@ -74,9 +73,7 @@ def _context(
         raise click.UsageError("--read-only: this command needs a read-write connection")
     policy = load(policy_path)
     with ExitStack() as stack:
-        host = stack.enter_context(
-            LibvirtHost.connect(target.uri, write=write, read_only=app.read_only, host=target.name)
-        )
+        host = stack.enter_context(app.open_host(target, write=write, read_only=app.read_only))
         journal = None
         if act:
             stack.enter_context(host_lock(app.state, host.uri, waiting=_waiting))

@@ -14,6 +14,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from auditor.models import LABEL_PREFIX
 from auditor.report.rows import COUNT_COLUMNS, SIZE_COLUMNS
 from auditor.units import iec
 
@@ -129,6 +130,13 @@ def _line(cells: Iterable[str], columns: Sequence[str], widths: dict[str, int]) 
 
 def _name(text: str) -> str:
     return text.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def label_name(column: str) -> str | None:
+    """``label_site`` (also ``LABEL-site``, ``label site``) as the column of a host label;
+    None when the text names no label column."""
+    wanted = _name(column)
+    return wanted if wanted.startswith(LABEL_PREFIX) and len(wanted) > len(LABEL_PREFIX) else None
 
 
 def resolve(column: str, known: Sequence[str]) -> str:
