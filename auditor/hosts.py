@@ -19,32 +19,54 @@ from auditor.models import OWN_LABELS, Labels, Target
 
 KEYS = ("name", "uri", "labels")
 # Label keys are Prometheus label names, and not one of the labels the metrics set.
-LABEL_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-RESERVED = OWN_LABELS | {"le", "quantile"}
+LABEL_KEY = re.compile(r"[a-z_][a-z0-9_]*")  # lower case, as Prometheus' own
+RESERVED = OWN_LABELS | {"le", "quantile", "job", "instance"}  # and those Prometheus sets
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]*")
-_HEADER = re.compile(r"\s*\[\[\s*host\s*\]\]")
+_HEADER = re.compile(r"\s*\[\[\s*\"?host\"?\s*\]\]")
+_INLINE = re.compile(r"\s*host\s*=\s*\[")
+_TABLE = re.compile(r"\s*\[")  # any table header
 _HINT = "see README, Fleet: the hosts file"
 
 
 class _Lines:
-    """Where each ``[[host]]`` table and its keys are in the file's text."""
+    """Where each ``[[host]]`` table and its keys are in the file's text (for messages)."""
 
     def __init__(self, name: str, text: str) -> None:
         self.name, self.lines = name, text.splitlines()
         self.headers = [i for i, ln in enumerate(self.lines) if _HEADER.match(ln)]
+        inline = next((i for i, ln in enumerate(self.lines) if _INLINE.match(ln)), None)
+        self.inline = inline  # 'host = [ {...}, ... ]': every host is on or after this line
 
-    def at(self, index: int | None = None, key: str | None = None) -> str:
-        """'FILE:LINE' of host table ``index`` (its ``key`` line if found), else 'FILE'."""
+    def at(self, index: int | None = None, key: str | None = None, sub: str | None = None) -> str:
+        """'FILE:LINE' of the ``key`` of host table ``index`` (in its ``sub`` table, e.g.
+        labels, when given), else of the table's header; 'FILE' when it cannot be told."""
         if index is None or index >= len(self.headers):
-            return self.name
-        line = start = self.headers[index]
+            return self.name if self.inline is None else f"{self.name}:{self.inline + 1}"
+        start = self.headers[index]
         end = self.headers[index + 1] if index + 1 < len(self.headers) else len(self.lines)
-        keyed = re.compile(rf"\s*{re.escape(key)}\s*=") if key else None
-        for i in range(start + 1, end):
-            if keyed and keyed.match(self.lines[i]):
-                line = i
-                break
-        return f"{self.name}:{line + 1}"
+        found = self._find(start + 1, end, sub, key)
+        return f"{self.name}:{(start if found is None else found) + 1}"
+
+    def _find(self, start: int, end: int, sub: str | None, key: str | None) -> int | None:
+        """The line of ``key`` (or of ``sub`` itself) between ``start`` and ``end``: in the
+        host's own lines (``sub = {...}``, ``sub.key = ...``), or in a ``[host.sub]`` table."""
+        own = next((i for i in range(start, end) if _TABLE.match(self.lines[i])), end)
+        for name in filter(None, (f"{sub}.{key}" if sub and key else None, sub or key)):
+            line = self._key(start, own, name)
+            if line is not None:
+                return line
+        if sub is None:
+            return None
+        header = re.compile(rf"\s*\[\s*host\s*\.\s*{re.escape(sub)}\s*\]")
+        table = next((i for i in range(own, end) if header.match(self.lines[i])), None)
+        if table is None or key is None:
+            return table
+        stop = next((i for i in range(table + 1, end) if _TABLE.match(self.lines[i])), end)
+        return self._key(table + 1, stop, key)
+
+    def _key(self, start: int, end: int, name: str) -> int | None:
+        keyed = re.compile(rf"\s*[\"']?{re.escape(name)}[\"']?\s*=")
+        return next((i for i in range(start, end) if keyed.match(self.lines[i])), None)
 
 
 def load_hosts(path: str) -> tuple[Target, ...]:
@@ -85,8 +107,12 @@ def _target(entry: dict[str, Any], index: int, lines: _Lines) -> Target:
             )
     for key in ("name", "uri"):
         value = entry.get(key)
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{lines.at(index, key)}: {key} must be a non-empty string", _HINT)
+        if not isinstance(value, str) or not value.strip() or value != value.strip():
+            raise ConfigError(
+                f"{lines.at(index, key)}: {key} must be a non-empty string without spaces "
+                "around it",
+                _HINT,
+            )
     if not NAME.fullmatch(entry["name"]):
         raise ConfigError(
             f"{lines.at(index, 'name')}: name {entry['name']!r}: letters, digits and . _ - : @ "
@@ -102,9 +128,11 @@ def _labels(entry: dict[str, Any], index: int, lines: _Lines) -> Labels:
     if not isinstance(labels, dict):
         raise ConfigError(f'{at}: labels must be a table: labels = {{ site = "ams" }}', _HINT)
     for key, value in labels.items():
+        at = lines.at(index, key, sub="labels")
         if not LABEL_KEY.fullmatch(key) or key.startswith("__") or key in RESERVED:
             raise ConfigError(
-                f"{at}: label {key!r}: letters, digits and _ (not starting with a digit or __), "
+                f"{at}: label {key!r}: lower-case letters, digits and _ (not starting with a "
+                "digit or __), "
                 f"not one of {', '.join(sorted(RESERVED))}",
                 _HINT,
             )
