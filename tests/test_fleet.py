@@ -13,6 +13,7 @@ import os
 import pty
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,12 +61,13 @@ def refused() -> str:
 
 class Freezing:
     """A loopback TCP proxy to libvirtd's socket that forwards the first ``after`` chunks the
-    client sends, then nothing more in either direction: a host that stalls mid-collection."""
+    client sends, then nothing more in either direction: a host that stalls mid-collection;
+    with ``drop``, it closes the connection instead (a host that reboots)."""
 
     SOCKET = "/var/run/libvirt/libvirt-sock"
 
-    def __init__(self, after: int) -> None:
-        self.after, self.sent = after, 0
+    def __init__(self, after: int, drop: bool = False) -> None:
+        self.after, self.sent, self.drop = after, 0, drop
         self.server = socket.socket()
         self.server.bind(("127.0.0.1", 0))
         self.server.listen(8)
@@ -87,6 +89,10 @@ class Freezing:
                 self.sent += up
                 if self.sent <= self.after:
                     b.sendall(data)
+                elif self.drop:
+                    a.close()
+                    b.close()
+                    return
 
 
 def drivers(tmp_path: Path, n: int) -> list[str]:
@@ -135,6 +141,15 @@ A, B = host("a", "test:///x"), host("b", "test:///x")
         ("hosts = []\n", "h.toml: unknown key 'hosts'"),
         ("", "h.toml: no [[host]] table"),
         ("[[host]\n", "h.toml: not valid TOML"),
+        ('[[host]]\nname = "a"\nuri = " test:///x"\n', "h.toml:3: uri must be a non-empty"),
+        ('host = [{ name = "a", uri = "test:///x", n = 1 }]\n', "h.toml:1: unknown key 'n'"),
+        (A + '[host.labels]\nsite = "ams"\nBad = "x"\n', "h.toml:6: label 'Bad'"),
+        (A + "labels.site = 1\n", "h.toml:4: label 'site' must be a string"),
+        (
+            A + '[host.labels]\nname = "x"\n[[host]]\nuri = "test:///y"\n',
+            "h.toml:6: name must be a non-empty string",
+        ),
+        (host("a", "test:///x", 'job = "h"'), "h.toml:4: label 'job'"),
     ],
 )
 def test_a_bad_hosts_file_is_refused_naming_the_line(text: str, message: str) -> None:
@@ -407,3 +422,94 @@ def test_pool_and_vol_commands_take_a_hosts_file_of_one_host_under_its_name(
     two = write(tmp_path, host("kvm-a", a), host("kvm-b", b))
     ran = auditor("--hosts", two, "pool", "info", "images")
     assert ran.code == 2 and "act on one host" in ran.err
+
+
+@pytest.mark.parametrize("after", [5, 20, 60])
+def test_a_host_whose_connection_drops_mid_collection_is_a_skip(
+    libvirtd: None, tmp_path: Path, after: int
+) -> None:
+    """libvirt's error on a closed connection, at the pools, the volumes or the domains, is
+    that host's skip; the others are read (it used to end the run as an internal error)."""
+    (a,) = drivers(tmp_path, 1)
+    big = tmp_path / "big.xml"
+    big.write_text(fleet_xml())
+    proxy = Freezing(after, drop=True)
+    hosts = write(tmp_path, host("ok", a), host("drops", f"test+tcp://127.0.0.1:{proxy.port}{big}"))
+    ran = auditor("--hosts", hosts, "pools", "-f", "json")
+    assert ran.code == 1, ran.err
+    assert {p["host"] for p in ran.json()["pools"]} == {"ok"}
+    assert "auditor: skipped host test+tcp://" in ran.err and " on drops: " in ran.err
+    assert "rerun with --debug" not in ran.err  # a libvirt error named, not a crash
+
+
+def test_a_uri_given_twice_is_read_once(tmp_path: Path) -> None:
+    (a,) = drivers(tmp_path, 1)
+    once = auditor("-c", a, "pools", "-f", "json").json()["pools"]
+    twice = auditor("-c", a, "-c", a, "pools", "-f", "json").json()["pools"]
+    assert twice == once
+
+
+def test_an_unknown_label_column_is_refused_and_wide_keeps_the_columns_asked(
+    tmp_path: Path,
+) -> None:
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("kvm-a", a, 'site = "ams"'))
+    ran = auditor("--hosts", hosts, "pools", "--columns", "host,label_typo")
+    assert ran.code == 2 and "no host has the label of 'label_typo'" in ran.err
+    assert "label columns: label_site" in ran.err
+    ran = auditor("--hosts", hosts, "pools", "--columns", "host,LABEL-site,pool", "--wide")
+    assert ran.out.splitlines()[0].split() == ["host", "label_site", "pool"]
+    ran = auditor("--hosts", hosts, "pools", "--columns", "host,pool", "--wide")
+    assert ran.out.splitlines()[0].split() == ["host", "pool"]
+
+
+def test_metrics_tell_apart_hosts_that_report_one_name(tmp_path: Path) -> None:
+    a, b = drivers(tmp_path, 2)
+    ran = auditor("-c", a, "-c", b, "metrics", "--no-audit")
+    assert ran.code == 0, ran.err
+    found = samples(ran.out)
+    provisioned = pick(found, "auditor_pool_provisioned_bytes", pool="backups")
+    assert {dict(k)["host"] for k in provisioned} == {a, b}
+    assert set(provisioned.values()) == {80 << 30}  # each host's own, never the sum
+    assert {dict(k)["host"] for k in pick(found, "auditor_host_up")} == {a, b}
+
+
+def test_pool_commands_give_up_a_host_that_does_not_answer_and_stop_on_a_signal(
+    stalled: str,
+) -> None:
+    started = time.monotonic()
+    ran = auditor("-c", stalled, "--connect-timeout", "1", "pool", "list")
+    assert time.monotonic() - started < 1 + 3
+    assert ran.code == 2
+    assert ran.err == (
+        f"auditor: error: {stalled}: no answer within 1 s while connecting (--connect-timeout)"
+        " (check that libvirtd runs there and the network reaches it)\n"
+    )
+    args = [sys.executable, "-m", "auditor", "-c", stalled, "pool", "list"]
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=5)
+    assert p.returncode == 130 and "interrupted by SIGINT" in err
+
+
+def test_a_listener_does_not_pile_up_threads_for_a_stalled_host(
+    tmp_path: Path, stalled: str
+) -> None:
+    """Each collection finds the stalled host's earlier connection still stuck and reports
+    it down at once, without a new thread and connection every interval."""
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("ok", a), host("stalled", stalled))
+    args = [sys.executable, "-m", "auditor", "--hosts", hosts, "--connect-timeout", "0.5",
+            "metrics", "--listen", "127.0.0.1:0", "--interval", "1", "--no-audit"]  # fmt: skip
+    with subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            assert p.stdout is not None
+            p.stdout.readline()  # serving ...
+            counts = []
+            for _ in range(4):
+                time.sleep(1.5)
+                counts.append(len(os.listdir(f"/proc/{p.pid}/task")))
+            assert counts[-1] <= counts[0] + 2, counts
+        finally:
+            p.kill()
