@@ -513,3 +513,13 @@ def test_a_listener_does_not_pile_up_threads_for_a_stalled_host(
             assert counts[-1] <= counts[0] + 2, counts
         finally:
             p.kill()
+
+
+def test_shell_completion_reads_the_hosts_files_first_host(tmp_path: Path) -> None:
+    (a,) = drivers(tmp_path, 1)
+    hosts = write(tmp_path, host("kvm-a", a))
+    env = os.environ | {"COMP_WORDS": f"auditor --hosts {hosts} pool info ", "COMP_CWORD": "5",
+                        "_AUDITOR_COMPLETE": "bash_complete"}  # fmt: skip
+    p = subprocess.run([sys.executable, "-m", "auditor"], env=env, capture_output=True,
+                       text=True, check=False)  # fmt: skip
+    assert p.stdout.split() == ["plain,backups", "plain,images", "plain,iso"]

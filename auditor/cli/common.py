@@ -234,7 +234,8 @@ def progress_line() -> Callable[[FleetProgress], None]:
 class Names(click.ParamType[str]):
     """Text, completed in the shell with the names of pools (``pool``), of the volumes of
     the command's POOL argument (``volume``), or POOL/VOLUME pairs (``pool/volume``), read
-    read-only from the first --connect host; nothing when it cannot be reached."""
+    read-only from the first --connect host (else the hosts file's first); nothing when it
+    cannot be reached."""
 
     name = "text"
 
@@ -258,7 +259,12 @@ class Names(click.ParamType[str]):
     def _names(self, ctx: click.Context, incomplete: str) -> list[str]:
         from auditor.adapters.libvirt import LibvirtHost
 
-        uris = ctx.find_root().params.get("uris") or (None,)
+        params = ctx.find_root().params
+        uris = params.get("uris") or (None,)
+        if not params.get("uris") and params.get("hosts_file"):
+            from auditor.hosts import load_hosts
+
+            uris = (load_hosts(params["hosts_file"])[0].uri,)
         with LibvirtHost.connect(uris[0], read_only=True) as host:
             if self.what == "volume":
                 return host.volume_names(ctx.params["pool_name"])
