@@ -653,7 +653,7 @@ def test_errors_are_one_line_with_exit_2(
     assert "volume nope not found in pool" in refused("vol", "delete", p, "nope", "--yes")
     assert "already exists" in refused("vol", "create", p, "a.raw", "1M")
     assert "'12Q'" in refused("vol", "create", p, "x.raw", "12Q")
-    msg = cli("-c", testbed.URI, "vol", "create", p, "x.raw", "1M")
+    msg = cli("-c", "test:///default", "vol", "create", p, "x.raw", "1M")  # two hosts
     assert msg.code == 2 and "one host" in msg.err
     denied = auditor("-c", testbed.URI, "vol", "create", p, "x.raw", "1M", user="daemon")
     assert denied.code == 2 and "read-write" in denied.err and "Traceback" not in denied.err

@@ -20,6 +20,7 @@ import libvirt
 
 from auditor.adapters import signals
 from auditor.adapters.libvirt_calls import calls_for
+from auditor.adapters.threads import in_threads
 from auditor.errors import AuditorError, ConnectError, NotFound, OperationError
 from auditor.models import (
     Attach,
@@ -48,7 +49,6 @@ from auditor.models import (
     VolumeSpec,
     WipeVolume,
 )
-from auditor.threads import in_threads
 
 T = TypeVar("T")
 Made = Callable[[dict[str, Any]], None]  # hears of what a run created

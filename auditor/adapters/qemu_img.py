@@ -23,9 +23,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 from auditor.adapters.run import Limits, Result, run
+from auditor.adapters.threads import in_threads
 from auditor.errors import AuditorError, CommandError, ImageError
 from auditor.models import CheckResult, ImageInfo, Measure, Repair
-from auditor.threads import in_threads
 
 T = TypeVar("T")
 Preallocation = Literal["off", "metadata", "falloc", "full"]

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import click
 
+from auditor.adapters.threads import in_threads
 from auditor.analyze import analyze
 from auditor.cli.common import App, policy_option, refresh_option
 from auditor.cli.reporting import HISTORY
@@ -23,7 +24,6 @@ from auditor.history import open_history
 from auditor.models import Finding, HostInventory, Inventory, Summary, Target
 from auditor.report import metrics as prom
 from auditor.report.metrics import HostLabels, HostStatus, PoolKey, Reading
-from auditor.threads import in_threads
 
 
 def host_labels(app: App) -> HostLabels:
