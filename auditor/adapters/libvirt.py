@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
-from auditor.adapters import signals
+from auditor.adapters import kept, signals
 from auditor.adapters.libvirt_calls import calls_for
 from auditor.adapters.threads import in_threads
 from auditor.errors import AuditorError, ConnectError, NotFound, OperationError
@@ -594,20 +594,7 @@ class LibvirtHost:
 
     # ---- volumes with fewer RPCs: libvirt's own figures, kept for unchanged files -----------
     # Additive to read_volumes, with the same results (tests/test_cli_tables.py proves it on
-    # the bed). A regular file of a dir or fs pool on this machine needs no XMLDesc when it
-    # has not changed since before this run's pool refresh began and libvirt described the
-    # very same file before: same device, inode and size, and either the same ctime and mtime
-    # (not written since: nothing is read) or the same bytes where libvirt probes a format
-    # (the first 0x8200); the same for its backing file. Format, virtual size and backing
-    # come from that description; disk size and physical size from stat, which is where
-    # libvirt takes them (st_blocks x 512, st_size) - checked for each file described.
-    # An entry: [key, stamp, backing key, backing stamp, kind, format, capacity, backing,
-    # backing format]; key = [device, inode, size, bytes probed, their SHA-256], stamp =
-    # [ctime, mtime] (ns).
-
-    PROBED = 0x8200  # bytes libvirt reads to probe a file (VIR_STORAGE_MAX_HEADER)
-    SETTLED_NS = 2_000_000_000  # changed this shortly before the refresh: ask libvirt
-    _ZEROS = bytes(4096)
+    # the bed); when a kept description still holds: auditor.adapters.kept.
 
     def libvirt_version(self) -> int:
         """libvirt's version on the host (major * 1,000,000 + minor * 1,000 + release)."""
@@ -626,20 +613,19 @@ class LibvirtHost:
         earlier call) where they still hold. ``refreshed_at``: ``time.time_ns()`` before this
         run refreshed ``pools``. Returns the disks, skips and the descriptions to keep."""
         handles, skips = self._volume_handles(pools)
-        seen: dict[tuple[str, str], Any] = {}  # this run's stat and key of each file
+        files = kept.Files(refreshed_at)
 
         def ask(item: tuple[Pool, libvirt.virStorageVol]) -> tuple[Disk | Skip | None, Any]:
             pool, vol = item
-            files = self._reusable(pool, vol.key())
-            before = self._fingerprint(vol.key(), refreshed_at) if files else None
+            before = files.fingerprint(vol.key()) if self._reusable(pool, vol.key()) else None
             try:
                 disk = self._volume(pool, vol.XMLDesc(0))
             except libvirt.libvirtError as exc:
                 return self._skip("volume", f"{pool.name}/{vol.name()}", exc), None
-            return disk, self._described(disk, before, seen, refreshed_at)
+            return disk, files.described(disk, before)
 
         # Reusing takes a stat and no RPC: in one thread, which is faster than several.
-        tried = [self._attempt(pool, vol, known, seen, refreshed_at) for pool, vol in handles]
+        tried = [self._attempt(pool, vol, known, files) for pool, vol in handles]
         asked = iter(
             self._parallel(ask, [h for h, t in zip(handles, tried, strict=True) if t is None])
         )
@@ -674,127 +660,25 @@ class LibvirtHost:
         skips = [f for f in found if isinstance(f, Skip)]
         return [h for f in found if not isinstance(f, Skip) for h in f], skips
 
-    @classmethod
-    def _fingerprint(cls, path: str, refreshed_at: int) -> tuple[list[Any], os.stat_result] | None:
-        """(key, stat) of a regular file unchanged since ``SETTLED_NS`` before
-        ``refreshed_at``, reading the bytes libvirt probes; None for anything else."""
-        import hashlib
-        import stat
-
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= refreshed_at - cls.SETTLED_NS:
-                return None
-            head = b""
-            while len(head) < cls.PROBED and (more := os.read(fd, cls.PROBED - len(head))):
-                head += more
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        end = len(head)  # trailing zeros (most of a header) are not hashed, only counted
-        while end and head[max(0, end - 4096) : end] == cls._ZEROS[: min(4096, end)]:
-            end = max(0, end - 4096)
-        digest = hashlib.sha256(head[:end]).hexdigest()
-        return [st.st_dev, st.st_ino, st.st_size, len(head), digest], st
-
-    @classmethod
-    def _settled(cls, path: str, seen: dict[tuple[str, str], Any], refreshed_at: int) -> Any:
-        """The lstat of a regular file settled before the refresh (else None), once a run."""
-        import stat
-
-        if ("stat", path) not in seen:
-            try:
-                st: os.stat_result | None = os.lstat(path)
-            except OSError:
-                st = None
-            if st is not None and (
-                not stat.S_ISREG(st.st_mode) or st.st_ctime_ns >= refreshed_at - cls.SETTLED_NS
-            ):
-                st = None
-            seen["stat", path] = st
-        return seen["stat", path]
-
-    def _still(
-        self, path: str, key: list[Any], stamp: list[int], seen: dict[Any, Any], refreshed_at: int
-    ) -> tuple[list[int], os.stat_result] | None:
-        """(stamp, stat) if ``path`` is still the file of ``key``: settled, same device, inode
-        and size, and the same stamp or (read once a run) the same probed bytes."""
-        st = self._settled(path, seen, refreshed_at)
-        if st is None or [st.st_dev, st.st_ino, st.st_size] != key[:3]:
-            return None
-        now = [st.st_ctime_ns, st.st_mtime_ns]
-        if now != stamp:
-            if ("key", path) not in seen:
-                found = self._fingerprint(path, refreshed_at)
-                seen["key", path] = found[0] if found else None
-            if seen["key", path] != key:
-                return None
-        return now, st
-
     def _attempt(
         self,
         pool: Pool,
         vol: libvirt.virStorageVol,
         known: dict[str, list[Any]],
-        seen: dict[Any, Any],
-        refreshed_at: int,
+        files: kept.Files,
     ) -> tuple[Disk, list[Any]] | None:
         """The volume from its kept description, and the entry to keep; None: ask libvirt."""
         path = vol.key()  # no RPC: the handle holds it (the target path, for these pools)
         entry = known.get(path) if self._reusable(pool, path) else None
-        if entry is None:
+        found = files.reused(path, entry) if entry is not None else None
+        if found is None:
             return None
-        try:
-            key, stamp, base_key, base_stamp, kind, fmt, capacity, backing, backing_fmt = entry
-            now = self._still(path, key, stamp, seen, refreshed_at)
-            base = self._still(backing, base_key, base_stamp, seen, refreshed_at) if backing else ()
-        except (TypeError, ValueError, IndexError):  # a damaged entry: ask libvirt
-            return None
-        if now is None or base is None:
-            return None
-        st = now[1]
+        r, keep = found
         disk = Disk(host=self.host, path=path, name=vol.name(), pool=pool.name,
-                    backend=pool.type, kind=kind, format=fmt, virtual_size=capacity,
-                    disk_size=st.st_blocks * 512, physical=st.st_size, backing_file=backing,
-                    backing_format=backing_fmt)  # fmt: skip
-        return disk, [key, now[0], base_key, base[0] if base else None, *entry[4:]]
-
-    def _described(
-        self,
-        disk: Disk | None,
-        before: tuple[list[Any], os.stat_result] | None,
-        seen: dict[Any, Any],
-        refreshed_at: int,
-    ) -> list[Any] | None:
-        """The entry to keep for ``disk`` as libvirt just described it: only for a file that
-        did not change meanwhile, whose sizes are its stat's, with a settled backing file."""
-        if disk is None or before is None or disk.kind != "file":
-            return None
-        key, st = before
-        try:
-            after = os.lstat(disk.path)
-        except OSError:
-            return None
-        stamp = [st.st_ctime_ns, st.st_mtime_ns]
-        if [after.st_ino, after.st_size, after.st_ctime_ns, after.st_mtime_ns] != [
-            st.st_ino, st.st_size, *stamp
-        ]:  # fmt: skip
-            return None
-        if (disk.disk_size, disk.physical) != (st.st_blocks * 512, st.st_size):
-            return None
-        base: list[Any] = [None, None]
-        if disk.backing_file is not None:
-            found = self._fingerprint(disk.backing_file, refreshed_at)
-            if found is None:
-                return None
-            base = [found[0], [found[1].st_ctime_ns, found[1].st_mtime_ns]]
-        return [key, stamp, *base, disk.kind, disk.format, disk.virtual_size, disk.backing_file,
-                disk.backing_format]  # fmt: skip
+                    backend=pool.type, kind=r.kind, format=r.format, virtual_size=r.capacity,
+                    disk_size=r.stat.st_blocks * 512, physical=r.stat.st_size,
+                    backing_file=r.backing, backing_format=r.backing_format)  # fmt: skip
+        return disk, keep
 
 
 @dataclass(frozen=True)
