@@ -23,10 +23,10 @@ from test_report_bed import OUTPUT, chromium, load, screenshot  # noqa: F401  (a
 
 from auditor.analyze import analyze
 from auditor.config import Config
-from auditor.models import Inventory, Labels, Skip, Summary
+from auditor.models import Finding, Inventory, Labels, Severity, Skip, Summary
 from auditor.nightly import build_page
 from auditor.report import html
-from auditor.report.page import VOLUME_CAP, Page
+from auditor.report.page import LIST_CAP, VOLUME_CAP, Page, VolumeChange
 
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 HOSTS = 300
@@ -251,3 +251,27 @@ def test_fleet_page_in_chromium(
     search.clear()
     search.send_keys("site=ams")
     assert len(shown(chromium)) == sum(labels(i)[:1] == (("site", "ams"),) for i in range(HOSTS))
+
+
+def test_a_fleet_page_lists_at_most_the_worst_findings_and_changes(page: Page) -> None:
+    """4,200 findings (14 a host) and 3,000 volume changes: the page lists LIST_CAP of each,
+    worst first, and says where the rest are; summary.json keeps every one."""
+    findings = tuple(
+        Finding("AUD301", Severity.INFO if n % 14 else Severity.WARN, name(n // 14), "p0",
+                f"v{n}.qcow2", f"finding {n}")
+        for n in range(14 * HOSTS)
+    )  # fmt: skip
+    changes = tuple(
+        VolumeChange("added", name(n % HOSTS), "p0", f"new{n}", f"/p0/new{n}", 1 << 30)
+        for n in range(3000)
+    )
+    many = replace(page, findings=findings, volume_changes=changes)
+    text = html.render(many)
+    assert text.count('<tr class="level-') == LIST_CAP
+    assert f"Findings <small>{LIST_CAP} of {len(findings)}</small>" in text
+    assert "every finding is in <code>findings.csv</code>" in text
+    assert text.count('<tr class="chg-added">') == LIST_CAP
+    assert f"{LIST_CAP} of 3000: all are in <code>summary.json</code>" in text
+    doc = many.document()
+    assert len(doc["findings"]) == len(findings) and len(doc["volume_changes"]) == 3000
+    assert len(text.encode()) < MAX_BYTES + LIST_CAP * 600  # ~0.4 KiB a finding row

@@ -171,6 +171,7 @@ DOWN = "down"  # the level of a host that could not be reached
 HOST_ORDER = {"crit": 0, DOWN: 1, "warn": 2, "unknown": 3, "ok": 4}  # worst first
 GROUP_KEYS = 2  # hosts are grouped by their first two label keys' values (site, then cluster)
 VOLUME_CAP = 2000  # rows of a fleet page's volumes table (every volume is in volumes.csv)
+LIST_CAP = 1000  # rows of a fleet page's findings and volume changes (all in the files)
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,18 @@ class Page:
             for st in self.pools
             if st.pool.type != "unmanaged" and (st.problem or not self.fleet)
         )
+
+    @property
+    def shown_findings(self) -> tuple[Finding, ...]:
+        """The findings table: every finding; on a fleet page the first LIST_CAP (worst
+        first; all are in findings.csv)."""
+        return self.findings[:LIST_CAP] if self.fleet else self.findings
+
+    @property
+    def shown_changes(self) -> tuple[VolumeChange, ...]:
+        """Volumes added or removed: all; on a fleet page the first LIST_CAP (all are in
+        summary.json)."""
+        return self.volume_changes[:LIST_CAP] if self.fleet else self.volume_changes
 
     @cached_property
     def shown_disks(self) -> tuple[DiskReport, ...]:
