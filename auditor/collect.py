@@ -75,24 +75,27 @@ class _Job:
         self.thread: threading.Thread | None = None
         self.abandoned = False  # given up: a connect that returns late is closed at once
 
-    def deadline(self, budget: Budget, phase: str | None = None) -> float:
-        limit = budget.timeout
-        if (phase or self.phase) == "connecting":
-            limit = min(limit, budget.connect_timeout)
-        return self.started + limit
+    @staticmethod
+    def limit(budget: Budget, phase: str) -> float:
+        """Seconds from the start a job has in ``phase``."""
+        connecting = phase == "connecting"
+        return min(budget.timeout, budget.connect_timeout) if connecting else budget.timeout
+
+    def deadline(self, budget: Budget) -> float:
+        return self.started + self.limit(budget, self.phase)
 
     def expired(self, budget: Budget, now: float) -> Skip | None:
         """The skip of a job past its deadline (None while it has time), told by the phase
         it is in: read once, as another thread moves it on."""
         phase = self.phase
-        if self.deadline(budget, phase) > now:
+        limit = self.limit(budget, phase)
+        if self.started + limit > now:
             return None
         t = self.target
         if phase == "connecting":
-            limit = min(budget.timeout, budget.connect_timeout)
             why = f"no answer within {limit:g} s while connecting (--connect-timeout)"
         else:
-            why = f"collection not done within {budget.timeout:g} s (--timeout)"
+            why = f"collection not done within {limit:g} s (--timeout)"
         return Skip(t.label, "host", t.uri or "default", f"{why}: its figures are left out")
 
 

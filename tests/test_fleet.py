@@ -523,3 +523,27 @@ def test_shell_completion_reads_the_hosts_files_first_host(tmp_path: Path) -> No
     p = subprocess.run([sys.executable, "-m", "auditor"], env=env, capture_output=True,
                        text=True, check=False)  # fmt: skip
     assert p.stdout.split() == ["plain,backups", "plain,images", "plain,iso"]
+
+
+def test_within_hands_a_late_result_to_late_and_raises_an_early_error() -> None:
+    """What ``open_host`` relies on: a connection that opens after the deadline is closed."""
+    from auditor.adapters.threads import within
+
+    closed: list[str] = []
+    release = threading.Event()
+
+    def slow() -> str:
+        release.wait(5)
+        return "conn"
+
+    assert within(slow, 0.1, closed.append) is None
+    release.set()
+    for _ in range(50):
+        if closed:
+            break
+        time.sleep(0.05)
+    assert closed == ["conn"]
+    assert within(lambda: "fast", 5, closed.append) == "fast"
+    with pytest.raises(ConfigError, match="bad"):
+        within(lambda: (_ for _ in ()).throw(ConfigError("bad")), 5, closed.append)
+    assert closed == ["conn"]

@@ -7,6 +7,7 @@ Waiting on them stays interruptible: a signal reaches the main thread at once.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -42,3 +43,37 @@ def in_threads(fn: Callable[[T], R], items: Sequence[T], workers: int) -> list[R
     if failed:
         raise failed[0]
     return results  # type: ignore[return-value]  # every slot was filled
+
+
+def within(fn: Callable[[], R], seconds: float, late: Callable[[R], None]) -> R | None:
+    """``fn()`` in a daemon thread, waited for at most ``seconds`` (a signal stops the
+    wait); its exception is raised here. None when it has not returned by then: should it
+    return later, ``late`` gets what it returned (e.g. to close a connection)."""
+    done: queue.SimpleQueue[tuple[R | None, BaseException | None]] = queue.SimpleQueue()
+    lock = threading.Lock()
+    given_up = False
+
+    def work() -> None:
+        try:
+            found: tuple[R | None, BaseException | None] = (fn(), None)
+        except BaseException as exc:  # raised in the caller's thread below
+            found = (None, exc)
+        with lock:
+            if not given_up:
+                done.put(found)
+                return
+        if found[1] is None:
+            late(found[0])  # type: ignore[arg-type]  # fn returned it
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        value, error = done.get(timeout=seconds)
+    except queue.Empty:
+        with lock:
+            if done.empty():  # nothing arrived meanwhile: whatever comes later is late
+                given_up = True
+                return None
+        value, error = done.get_nowait()
+    if error is not None:
+        raise error
+    return value

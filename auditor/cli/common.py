@@ -70,45 +70,28 @@ class App:
     def open_host(
         self, target: Target, *, write: bool = False, read_only: bool = False
     ) -> LibvirtHost:
-        """``LibvirtHost.connect`` within --connect-timeout, in a daemon thread the main one
-        waits for (so a signal stops the wait); a host that does not answer is a ConnectError
-        and its connection, should it open later, is closed at once."""
-        import queue
-        import threading
-
+        """``LibvirtHost.connect`` within --connect-timeout (a signal stops the wait); a host
+        that does not answer is a ConnectError, and its connection, should it open later, is
+        closed at once."""
         from auditor.adapters.libvirt import LibvirtHost
+        from auditor.adapters.threads import within
         from auditor.collect import Budget
         from auditor.errors import ConnectError
 
-        done: queue.SimpleQueue[LibvirtHost | BaseException] = queue.SimpleQueue()
-        late = threading.Event()
+        def opening() -> LibvirtHost:
+            return LibvirtHost.connect(
+                target.uri, write=write, read_only=read_only, host=target.name
+            )
 
-        def opening() -> None:
-            try:
-                host = LibvirtHost.connect(
-                    target.uri, write=write, read_only=read_only, host=target.name
-                )
-            except BaseException as exc:  # raised in the main thread
-                done.put(exc)
-                return
-            if late.is_set():
-                host.close()
-            done.put(host)
-
-        threading.Thread(target=opening, daemon=True).start()
         limit = (self.budget or Budget()).connect_timeout
-        try:
-            found = done.get(timeout=limit)
-        except queue.Empty:
-            late.set()
+        host = within(opening, limit, lambda late: late.close())
+        if host is None:
             raise ConnectError(
                 f"{target.uri or 'the default libvirt URI'}: no answer within {limit:g} s "
                 "while connecting (--connect-timeout)",
                 "check that libvirtd runs there and the network reaches it",
-            ) from None
-        if isinstance(found, BaseException):
-            raise found
-        return found
+            )
+        return host
 
     def collect(self, *, refresh: bool = True, targets: list[Target] | None = None) -> Inventory:
         """Every host's inventory (or that of ``targets``), within the jobs and timeouts
@@ -364,7 +347,7 @@ def _view(
 
     if "host" in known:  # rows of hosts carry a label_KEY column per host label (checked
         named = [*(columns or "").split(","), sort or ""]  # in emit, once they are known)
-        labels = [table.label_name(n) for n in named if table.label_name(n)]
+        labels = (table.label_name(n) for n in named)
         known = [*known, *dict.fromkeys(n for n in labels if n)]
     if fmt != "table" and columns:
         raise click.UsageError("--columns shapes the table: csv and json hold every column")
