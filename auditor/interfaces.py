@@ -54,6 +54,10 @@ class StorageHost(HostSource, Protocol):
     ``calls`` and ``execute`` share one builder per libvirt call: what a plan prints is what
     runs."""
 
+    def identity(self) -> str:
+        """The same text for every URI that reaches the same daemon (the key of its lock)."""
+        ...
+
     def calls(self, request: Request) -> tuple[LibvirtCall, ...]: ...
 
     def execute(

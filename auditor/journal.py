@@ -169,12 +169,12 @@ def journalled(
 
 @contextmanager
 def host_lock(
-    folder: str | Path, uri: str, waiting: Callable[[str], None] | None = None
+    folder: str | Path, key: str, uri: str, waiting: Callable[[str], None] | None = None
 ) -> Iterator[Path]:
-    """Hold the lock of the host ``uri``; if another run holds it, say so (``waiting`` hears
-    who) and wait for it to finish."""
+    """Hold the lock of the host ``key`` (its identity: one lock however its URI ``uri`` is
+    spelled); if another run holds it, say so (``waiting`` hears who) and wait for it."""
     locks = Path(folder) / "locks"
-    path = locks / (hashlib.sha256(uri.encode()).hexdigest()[:16] + ".lock")
+    path = locks / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".lock")
     try:
         locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -50,6 +50,7 @@ from testbed import PoolSpec, Workspace
 from auditor import ops
 from auditor.adapters.libvirt import LibvirtHost
 from auditor.errors import InUse, NotFound, OperationError
+from auditor.journal import host_lock
 from auditor.sizes import NewSize
 
 guests, host = test_ops.guests, test_ops.host  # the fixtures of test_ops, shared
@@ -703,6 +704,29 @@ def test_concurrent_attaches_of_one_volume_one_wins(
         xml = {vm: libvirt_conn.lookupByName(vm).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
                for vm in vms}  # fmt: skip
         assert [vm for vm in vms if f"volume='{name}'" in xml[vm]] == [winner]
+
+
+def test_one_lock_however_the_uri_is_spelled(scratch_pool: PoolSpec, state: Path) -> None:
+    """``qemu+unix:///system?socket=…`` reaches the daemon of ``qemu:///system``: a run by
+    that spelling waits for the lock held under the other, then does its work."""
+    spelled = "qemu+unix:///system?socket=/var/run/libvirt/libvirt-sock"
+    with LibvirtHost.connect(testbed.URI) as a, LibvirtHost.connect(spelled) as b:
+        assert a.identity() == b.identity() != a.uri
+        with LibvirtHost.connect("test:///default") as t:
+            assert t.identity() == "test:///default"
+        with host_lock(state, a.identity(), a.uri):
+            run = subprocess.Popen(
+                [sys.executable, "-m", "auditor", "-c", spelled, "vol", "create",
+                 scratch_pool.name, "locked.raw", "1M"],
+                env=os.environ | {"AUDITOR_STATE": str(state)},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            assert run.stderr is not None
+            assert "waiting for another auditor run on this host" in run.stderr.readline()
+            assert run.poll() is None
+    _, err = run.communicate(timeout=WAIT)
+    assert run.returncode == 0, err
+    assert (Path(scratch_pool.path) / "locked.raw").exists()
 
 
 # ---- 7. shrinking an image others depend on needs --force ------------------------------------

@@ -167,6 +167,17 @@ class LibvirtHost:
         except libvirt.libvirtError:
             raise ConnectError(f"cannot connect to {name}: {_msg(rw_error)}", hint) from rw_error
 
+    def identity(self) -> str:
+        """The daemon behind this connection, however its URI is spelled: the driver, the
+        machine's UUID (libvirt's capabilities) and the instance (``/system``,
+        ``/session``); the canonical URI where the host has no UUID (the test driver)."""
+        with _translate(f"cannot read the capabilities of {self.uri}"):
+            uuid = _xml(self._conn.getCapabilities()).findtext("host/uuid")
+            driver = self._conn.getType()
+        if not uuid:
+            return self.uri
+        return f"{driver} {uuid} {urlsplit(self.uri).path}"
+
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
             self._conn.close()

@@ -48,7 +48,7 @@ def _fix_host(app: App, host_name: str, summary: Summary, facts: Facts, opts: di
     with ExitStack() as stack:
         host = stack.enter_context(app.open_host(Target(uri, host_name), write=True))
         if not opts["dry_run"]:
-            stack.enter_context(host_lock(app.state, host.uri))
+            stack.enter_context(host_lock(app.state, host.identity(), host.uri))
         ctx = Context(host, app.probes, facts.config, View(summary, host_name), journal)
         still = {r.id for r in journal.incomplete()}  # with the lock: none finishes meanwhile
         findings = [f for f in findings if f.code != "AUD801" or f.figure("journal_id") in still]

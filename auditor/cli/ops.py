@@ -76,7 +76,7 @@ def _context(
         host = stack.enter_context(app.open_host(target, write=write, read_only=app.read_only))
         journal = None
         if act:
-            stack.enter_context(host_lock(app.state, host.uri, waiting=_waiting))
+            stack.enter_context(host_lock(app.state, host.identity(), host.uri, waiting=_waiting))
             journal = Journal(app.state)
         yield ops.context(host, app.probes, policy, journal)
 
