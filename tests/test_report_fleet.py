@@ -18,7 +18,7 @@ import pytest
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
-from summaries import fleet_host, summary
+from summaries import GiB, disk, fleet_host, summary
 from test_report_bed import OUTPUT, chromium, load, screenshot  # noqa: F401  (a fixture)
 
 from auditor.analyze import analyze
@@ -275,3 +275,22 @@ def test_a_fleet_page_lists_at_most_the_worst_findings_and_changes(page: Page) -
     doc = many.document()
     assert len(doc["findings"]) == len(findings) and len(doc["volume_changes"]) == 3000
     assert len(text.encode()) < MAX_BYTES + LIST_CAP * 600  # ~0.4 KiB a finding row
+
+
+def test_a_fleet_page_lists_at_most_list_cap_unmanaged_disks() -> None:
+    """5 unmanaged disks on each of 300 hosts: the page lists LIST_CAP and says where the
+    rest are; the heading counts them all."""
+    hosts = [fleet_host(name(i), AT, labels(i)) for i in range(HOSTS)]
+    hosts = [
+        replace(h, disks=h.disks + tuple(
+            disk(h.host, None, f"/srv/{h.host}-{k}.raw", GiB, GiB) for k in range(5)))
+        for h in hosts
+    ]  # fmt: skip
+    p = build_page(analyze(Inventory(hosts=tuple(hosts))), Config(), [], ("x",), "9.9")
+    assert len(p.unmanaged) == 5 * HOSTS and len(p.shown_unmanaged) == LIST_CAP
+    text = html.render(p)
+    section = text[text.index('<section id="unmanaged">') :]
+    section = section[: section.index("</section>")]
+    assert section.count("<tr><td>kvm") == LIST_CAP
+    assert f"Unmanaged disks <small>{5 * HOSTS}</small>" in section
+    assert f"{LIST_CAP} of {5 * HOSTS} listed" in section

@@ -336,6 +336,27 @@ class Page:
         )
 
     @property
+    def unmanaged_cards(self) -> tuple[PoolStatus, ...]:
+        """The unmanaged disks' filesystems with a known size; on a fleet page those over a
+        threshold."""
+        return tuple(
+            st
+            for st in self.pools
+            if st.pool.type == "unmanaged" and st.pool.capacity and (st.problem or not self.fleet)
+        )
+
+    @cached_property
+    def unmanaged(self) -> tuple[DiskReport, ...]:
+        """Every disk no active pool holds."""
+        return tuple(r for r in self.summary.disks if not r.disk.managed)
+
+    @property
+    def shown_unmanaged(self) -> tuple[DiskReport, ...]:
+        """The unmanaged disks table: all; on a fleet page the first LIST_CAP (all are in
+        volumes.csv)."""
+        return self.unmanaged[:LIST_CAP] if self.fleet else self.unmanaged
+
+    @property
     def shown_findings(self) -> tuple[Finding, ...]:
         """The findings table: every finding; on a fleet page the first LIST_CAP (worst
         first; all are in findings.csv)."""
