@@ -165,6 +165,14 @@ def test_the_cli_refuses_a_bad_hosts_file_in_one_line(tmp_path: Path) -> None:
     assert ran.err.count("\n") == 1 and "hosts.toml:5: duplicate name 'a'" in ran.err
     ran = auditor("--hosts", str(tmp_path / "missing.toml"), "pools")
     assert ran.code == 2 and "missing.toml: cannot read the hosts file" in ran.err
+    # Commands that read no host never read the hosts file: a broken AUDITOR_HOSTS leaves
+    # `scan` (qemu-img only) working.
+    image = tmp_path / "one.raw"
+    image.write_bytes(b"\0" * 4096)
+    env = os.environ | {"AUDITOR_HOSTS": str(tmp_path / "missing.toml")}
+    p = subprocess.run([sys.executable, "-m", "auditor", "scan", str(image), "-f", "json"],
+                       env=env, capture_output=True, text=True, check=False)  # fmt: skip
+    assert p.returncode == 0 and str(image) in p.stdout, p.stderr
 
 
 def test_hosts_and_connect_together_are_refused_unless_hosts_comes_from_the_environment(

@@ -6,6 +6,7 @@ jinja2 and the report package, which `auditor --help` and most commands never ne
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import sys
@@ -196,7 +197,8 @@ def cli(
     if ctx.resilient_parsing:
         return None
     budget = Budget(jobs=jobs, timeout=timeout, connect_timeout=connect_timeout)
-    ctx.obj = App(_targets(ctx, uris, hosts_file), debug, read_only, state, budget=budget)
+    targets = functools.partial(_targets, ctx, uris, hosts_file)
+    ctx.obj = App(targets, debug, read_only, state, budget=budget)
     if ctx.invoked_subcommand is not None:
         return None
     if not sys.stdout.isatty():

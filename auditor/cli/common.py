@@ -44,12 +44,17 @@ FORMATS = ("table", "csv", "json")
 class App:
     """The composition root: the only place adapters are built."""
 
-    targets: list[Target]
+    find_targets: Callable[[], list[Target]]  # read when a command first asks (scan never does)
     debug: bool = False
     read_only: bool = False
     state: str = DEFAULT_STATE  # the journal, the per-host locks and the volume cache
     reuse: bool = True  # reuse libvirt's figures of unchanged files (see Reusing)
     budget: Budget | None = None  # jobs and timeouts of a collection (None: the defaults)
+
+    @functools.cached_property
+    def targets(self) -> list[Target]:
+        """The hosts to read (--connect, --hosts, or libvirt's default)."""
+        return self.find_targets()
 
     @property
     def uris(self) -> list[str | None]:
