@@ -130,7 +130,8 @@ class LibvirtHost:
         self.host: str = name or conn.getHostname()
         where = urlsplit(self.uri).hostname
         # The test driver's objects live in its XML, not on this machine.
-        self.local = conn.getType() != "TEST" and where in (None, "", "localhost")
+        self._driver = conn.getType()
+        self.local = self._driver != "TEST" and where in (None, "", "localhost")
         # Each call waits a network round trip: keep several in flight.
         self._workers = max(WORKERS, in_flight) if where else WORKERS
 
@@ -173,10 +174,7 @@ class LibvirtHost:
         ``/session``); the canonical URI where the host has no UUID (the test driver)."""
         with _translate(f"cannot read the capabilities of {self.uri}"):
             uuid = _xml(self._conn.getCapabilities()).findtext("host/uuid")
-            driver = self._conn.getType()
-        if not uuid:
-            return self.uri
-        return f"{driver} {uuid} {urlsplit(self.uri).path}"
+        return f"{self._driver} {uuid} {urlsplit(self.uri).path}" if uuid else self.uri
 
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):

@@ -171,7 +171,7 @@ DOWN = "down"  # the level of a host that could not be reached
 HOST_ORDER = {"crit": 0, DOWN: 1, "warn": 2, "unknown": 3, "ok": 4}  # worst first
 GROUP_KEYS = 2  # hosts are grouped by their first two label keys' values (site, then cluster)
 VOLUME_CAP = 2000  # rows of a fleet page's volumes table (every volume is in volumes.csv)
-LIST_CAP = 1000  # rows of a fleet page's findings and volume changes (all in the files)
+LIST_CAP = 1000  # rows of a fleet page's findings, changes, unmanaged disks (all in the files)
 
 
 @dataclass(frozen=True)
@@ -326,24 +326,26 @@ class Page:
             sorted((HostGroup(k, tuple(v)) for k, v in groups.items()), key=HostGroup.order)
         )
 
-    @property
-    def cards(self) -> tuple[PoolStatus, ...]:
-        """The pool cards: every pool and group; on a fleet page those over a threshold."""
+    def _carded(self, unmanaged: bool) -> tuple[PoolStatus, ...]:
+        """Pools (or the unmanaged disks' filesystems of a known size) with a card: all; on a
+        fleet page those over a threshold."""
         return tuple(
             st
             for st in self.pools
-            if st.pool.type != "unmanaged" and (st.problem or not self.fleet)
+            if (st.pool.type == "unmanaged") == unmanaged
+            and (st.pool.capacity or not unmanaged)
+            and (st.problem or not self.fleet)
         )
 
     @property
+    def cards(self) -> tuple[PoolStatus, ...]:
+        """The pool cards: every pool and group; on a fleet page those over a threshold."""
+        return self._carded(unmanaged=False)
+
+    @property
     def unmanaged_cards(self) -> tuple[PoolStatus, ...]:
-        """The unmanaged disks' filesystems with a known size; on a fleet page those over a
-        threshold."""
-        return tuple(
-            st
-            for st in self.pools
-            if st.pool.type == "unmanaged" and st.pool.capacity and (st.problem or not self.fleet)
-        )
+        """The cards of the unmanaged disks' filesystems (see _carded)."""
+        return self._carded(unmanaged=True)
 
     @cached_property
     def unmanaged(self) -> tuple[DiskReport, ...]:
@@ -354,19 +356,23 @@ class Page:
     def shown_unmanaged(self) -> tuple[DiskReport, ...]:
         """The unmanaged disks table: all; on a fleet page the first LIST_CAP (all are in
         volumes.csv)."""
-        return self.unmanaged[:LIST_CAP] if self.fleet else self.unmanaged
+        return self._capped(self.unmanaged)
+
+    def _capped(self, items: tuple[T, ...]) -> tuple[T, ...]:
+        """A list as a table shows it: whole; on a fleet page the first LIST_CAP."""
+        return items[:LIST_CAP] if self.fleet else items
 
     @property
     def shown_findings(self) -> tuple[Finding, ...]:
         """The findings table: every finding; on a fleet page the first LIST_CAP (worst
         first; all are in findings.csv)."""
-        return self.findings[:LIST_CAP] if self.fleet else self.findings
+        return self._capped(self.findings)
 
     @property
     def shown_changes(self) -> tuple[VolumeChange, ...]:
         """Volumes added or removed: all; on a fleet page the first LIST_CAP (all are in
         summary.json)."""
-        return self.volume_changes[:LIST_CAP] if self.fleet else self.volume_changes
+        return self._capped(self.volume_changes)
 
     @cached_property
     def shown_disks(self) -> tuple[DiskReport, ...]:
